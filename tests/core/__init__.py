@@ -1,0 +1,1 @@
+"""Tests of the pure-torch selection core (vllm_vtprune.core)."""

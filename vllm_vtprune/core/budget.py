@@ -1,0 +1,82 @@
+"""Token budgets: grid checks, ratio-to-count rules, and integer splits of a total over temporal slices.
+
+A budget must be a pure function of the grid and the config, because vLLM sizes the video placeholder before the
+vision tower runs. Ratios become counts with Python's ``round()`` (half to even), as V-CAST's official code does
+(``int(round(T * HW * R))``); EVS truncates with ``int()`` as vLLM does. Each method says which rule it uses.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import torch
+
+from .ranking import ranks_from_order, stable_order
+
+Grid = tuple[int, int, int]
+"""(T, H, W) of the post-merger token grid: T temporal slices of H*W LLM tokens each."""
+
+
+def check_grid(grid: Sequence[int]) -> Grid:
+    """Return ``grid`` as a tuple of three positive ints, or raise ValueError."""
+    try:
+        t, h, w = (operator.index(v) for v in grid)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"grid must be a (T, H, W) triple of integers, got {grid!r}") from exc
+    if min(t, h, w) < 1:
+        raise ValueError(f"grid sizes must all be >= 1, got (T, H, W) = {(t, h, w)}")
+    return t, h, w
+
+
+def ratio_budget(capacity: int, retention: float) -> int:
+    """``clip(round(capacity * retention), 1, capacity)`` with Python's round (half to even)."""
+    return max(1, min(capacity, round(capacity * retention)))
+
+
+def allocate_like_vcast(weights: torch.Tensor, total: int, *, min_k: int, capacity: int) -> torch.Tensor:
+    """V-CAST's ``_allocate_budget_per_frame``, vectorised: split ``total`` over slices by ``weights`` [T].
+
+    Each slice gets ``min_k`` (0 for all if ``total < T * min_k``); the remaining ``B'`` is shared as
+    ``floor(w_t * B')`` capped at ``capacity``. The leftover goes to the slice with the largest fractional part
+    ``w_t * B' - floor(w_t * B')`` until that slice is full, then to the next one (ties: lowest index). This is
+    the official loop's behaviour: it never lowers a remainder it has served, so the leftover piles onto one
+    slice instead of one token per slice as textbook largest-remainder would. The official overshoot branch is
+    unreachable (the floors never sum above ``B'``) and is not reproduced. Returns int64 [T] summing to
+    ``min(total, T * capacity)``.
+    """
+    t = weights.shape[0]
+    total = max(0, min(total, t * capacity))
+    base_k = min_k if total >= t * min_k else 0
+    alloc = torch.full((t,), base_k, dtype=torch.long, device=weights.device)
+    remaining = total - t * base_k
+    if remaining <= 0:
+        return alloc
+    w = weights.float().clamp_min(0.0)
+    w = torch.where(w.sum() > 0, w, torch.ones_like(w))
+    raw = w / w.sum().clamp_min(1e-6) * remaining
+    floors = torch.floor(raw)
+    alloc = alloc + floors.long().clamp_max(capacity - base_k)
+    room = capacity - alloc
+    frac = torch.where(room > 0, raw - floors, torch.full_like(raw, -1.0))
+    order = torch.argsort(frac, descending=True, stable=True)
+    room_in_order = room[order]
+    before = torch.cumsum(room_in_order, 0) - room_in_order
+    give_in_order = (total - alloc.sum() - before).clamp_min(0).minimum(room_in_order)
+    return alloc.scatter_add(0, order, give_in_order)
+
+
+def split_by_room(room: torch.Tensor, total: int | torch.Tensor) -> torch.Tensor:
+    """Split ``total`` over slices in proportion to ``room`` [T] (int64), never exceeding it.
+
+    Exact integer largest-remainder: ``floor(room_t * total / sum(room))`` plus one token for the slices with the
+    largest remainders (ties: lowest index). Requires ``total <= sum(room)``; the leftover is then smaller than the
+    number of slices with a non-zero remainder, each of which still has room.
+    """
+    total = torch.as_tensor(total, dtype=torch.long, device=room.device)
+    room_sum = room.sum()
+    scaled = room * total
+    base = scaled // room_sum.clamp_min(1)
+    remainder = scaled - base * room_sum
+    rank = ranks_from_order(stable_order(remainder, descending=True))
+    return base + (rank < total - base.sum()).long()

@@ -1,0 +1,30 @@
+"""``none``: keep every token whatever the retention; the exactness baseline (output equals the unpruned model)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from .registry import PruningMethod, register_method
+
+if TYPE_CHECKING:
+    from .budget import Grid
+    from .config import PruneConfig
+    from .state import StreamState
+
+
+@register_method
+class KeepAll(PruningMethod):
+    name = "none"
+
+    @classmethod
+    def total_budget(cls, grid: Grid, cfg: PruneConfig) -> int:
+        t, h, w = grid
+        return t * h * w
+
+    @classmethod
+    def select(
+        cls, x: torch.Tensor, grid: Grid, budget: int, cfg: PruneConfig, state: StreamState | None
+    ) -> tuple[torch.Tensor, None]:
+        return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device), None

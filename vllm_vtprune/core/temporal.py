@@ -1,0 +1,78 @@
+"""Temporal stages for MSSAVT: StreamingAssistant's unnamed "existing temporal-redundancy pruning method".
+
+The paper does not name it (research note §1.3), so it is pluggable. Every stage runs in budget mode, because vLLM
+needs the token count before the vision tower runs: it drops ``target`` tokens (fewer only if the referenced slices
+cannot give more while keeping ``floor`` tokens each), choosing the tokens most similar (cosine) to a reference
+slice at the same spatial position.
+
+- ``dtd``: TimeChat-Online's Differential Token Drop (``yaolinli/TimeChat-Online`` @ 25a1578, ``token_drop``,
+  feature mode) in relative mode. Reference: the full, unpruned previous slice. Slice 0 is exempt unless the stream
+  state provides the previous chunk's last slice. The official relative mode drops ``floor(tau * N)`` tokens of
+  every frame; here ``target`` is split evenly over the referenced slices (exact largest remainder, earlier slices
+  first), i.e. ``tau = target / (N * referenced slices)``.
+- ``evs``: dtd's references, but one global top-``target`` over all referenced slices (vLLM EVS's global sort), so
+  slices that changed less lose more; capped at ``H*W - floor`` per slice.
+- ``dycoke``: DyCoke's TTM (``KD-TAO/DyCoke``, ``llava_arch.py::dycole_ttm``) windows of 4 slices
+  (i, i+1, i+2, i+3): i is kept whole, i+1 and i+2 are compared with i, i+3 with i+2; ``target`` is split evenly
+  over the non-anchor slices (DyCoke drops a fixed fraction of each). Windows restart at every call. The official
+  pair loop's index ``(i-2)//2`` is off by one (research note §1.3.2); the windows above are the described intent.
+- ``none``: no temporal stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from .budget import split_by_room
+from .ranking import top_k_mask
+
+TEMPORAL_STAGES = ("dtd", "dycoke", "evs", "none")
+_DYCOKE_STEPS_BACK = (0, 1, 2, 1)  # slices back to the reference at each window position; 0 = window anchor
+
+
+def reference_offsets(stage: str, t: int) -> list[int]:
+    """For each of ``t`` slices, how many slices back its reference lies within the call (0: none)."""
+    if stage == "dycoke":
+        return [_DYCOKE_STEPS_BACK[s % 4] for s in range(t)]
+    if stage in ("dtd", "evs"):
+        return [0] + [1] * (t - 1)
+    return [0] * t
+
+
+def temporal_drop(
+    stage: str,
+    cosine_back: Mapping[int, torch.Tensor],
+    grid_t: int,
+    hw: int,
+    target: int,
+    floor: int,
+    first_slice_cosine: torch.Tensor | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """Tokens dropped by the temporal stage: bool [T, HW], at most ``target`` True, ``floor`` kept per slice.
+
+    cosine_back: for each offset d in ``reference_offsets``, [T - d, HW] cosines of slice s + d with slice s at
+        the same position.
+    first_slice_cosine: [HW] cosines of slice 0 with the previous chunk's last slice (stream state), used by
+        ``dtd`` and ``evs``.
+    """
+    offsets = reference_offsets(stage, grid_t)
+    has_reference = any(offsets) or (first_slice_cosine is not None and stage in ("dtd", "evs"))
+    if target <= 0 or not has_reference:
+        return torch.zeros(grid_t, hw, dtype=torch.bool, device=device)
+    similarity = torch.zeros(grid_t, hw, device=device)
+    for steps in sorted(set(offsets) - {0}):  # at most two offsets (DyCoke), each a single indexed copy
+        slices = torch.tensor([s for s in range(grid_t) if offsets[s] == steps], device=device)
+        similarity[slices] = cosine_back[steps][slices - steps]
+    referenced = [offset > 0 for offset in offsets]
+    if first_slice_cosine is not None and stage in ("dtd", "evs"):
+        similarity[0] = first_slice_cosine
+        referenced[0] = True
+    room = torch.tensor(referenced, device=device).long() * (hw - floor)
+    target = min(target, sum(referenced) * (hw - floor))
+    if stage == "evs":
+        capped = top_k_mask(similarity, room)  # the most similar H*W - floor tokens of each referenced slice
+        return top_k_mask(similarity.flatten(), target, eligible=capped.flatten()).view(grid_t, hw)
+    return top_k_mask(similarity, split_by_room(room, target))
