@@ -1,0 +1,31 @@
+"""Stage timings that do not add device synchronisations: CUDA events on GPU, wall clock on CPU."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+class StageTimer:
+    """``mark(name)`` ends a stage; ``seconds()`` reads all stages (call it after the device has synced)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple[str, object]] = [("start", self._now())]
+
+    def _now(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        self.marks.append((name, self._now()))
+
+    def seconds(self) -> dict[str, float]:
+        out = {}
+        for (_, start), (name, end) in zip(self.marks, self.marks[1:]):
+            out[name] = start.elapsed_time(end) / 1e3 if self.cuda else end - start
+        return out
