@@ -1,0 +1,54 @@
+"""Real ``vllm serve`` processes on localhost, started once per session and shared by the serving tests.
+
+Each server costs ~30 s to start on the 2-core CI machine, so tests reuse a few servers and vary the
+pruning settings per request (``mm_processor_kwargs={"vtprune": ...}``) rather than per server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pathlib import Path
+
+import pytest
+
+from vllm_vtprune.testing.chat import VideoChat
+from vllm_vtprune.testing.server import TINY_ARGS, VllmServer
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts"
+
+
+def _serve(model: str, name: str, args: list[str], env: dict[str, str] | None = None) -> Iterator[VllmServer]:
+    with VllmServer(model, [*args, *TINY_ARGS], env=env, log_path=ARTIFACTS / f"server-{name}.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def vanilla_server(tiny_model) -> Iterator[VllmServer]:
+    """vLLM with no plugin at all (``VLLM_PLUGINS`` empty loads none)."""
+    yield from _serve(tiny_model, "vanilla", [], env={"VLLM_PLUGINS": ""})
+
+
+@pytest.fixture(scope="session")
+def dormant_server(tiny_model) -> Iterator[VllmServer]:
+    """The plugin installed and loaded, but not enabled."""
+    yield from _serve(tiny_model, "dormant", [])
+
+
+@pytest.fixture(scope="session")
+def plugin_server(tiny_model) -> Iterator[VllmServer]:
+    """``--plugin vtprune`` with the V-CAST preset; tests override the settings per request."""
+    yield from _serve(tiny_model, "plugin", ["--plugin", "vtprune", "--vtprune-preset", "vcast",
+                                             "--enable-prompt-tokens-details"])
+
+
+@pytest.fixture(scope="session")
+def chunked_server(tiny_model) -> Iterator[VllmServer]:
+    """Like ``plugin_server``, but prefill runs in 48-token chunks, so every video is split across steps."""
+    yield from _serve(tiny_model, "chunked", ["--plugin", "vtprune", "--vtprune-preset", "vcast",
+                                              "--max-num-batched-tokens", "48", "--max-num-seqs", "4"])
+
+
+@pytest.fixture(scope="session")
+def chat(tiny_model):
+    return lambda server: VideoChat(server.url, tiny_model)

@@ -1,0 +1,62 @@
+"""Issue 2: the plugin loads everywhere, stays dormant unless enabled, and guards its options at start-up."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from vllm_vtprune.testing.server import CPU_ENV, run_serve_expecting_failure, vllm_executable
+
+ACTIVE_LINE = re.compile(r"^\((\w+) pid=(\d+)\).*vtprune active in process")
+
+
+def test_enabled_plugin_is_active_in_api_server_engine_core_and_worker(plugin_server):
+    plugin_server  # started: its log is complete up to readiness
+    log = plugin_server.log_path.read_text()
+    processes = {m.group(1): m.group(2) for line in log.splitlines() if (m := ACTIVE_LINE.match(line))}
+    assert {"APIServer", "EngineCore", "Worker"} <= processes.keys(), processes
+    assert len(set(processes.values())) == len(processes)  # really distinct processes
+    assert '"method": "vcast"' in log and '"retention": 0.25' in log
+
+
+def test_loaded_but_not_enabled_plugin_stays_dormant(dormant_server):
+    assert "vtprune active" not in dormant_server.log_path.read_text()
+
+
+def test_video_request_answers_with_and_without_plugin(vanilla_server, plugin_server, chat, videos):
+    for server in (vanilla_server, plugin_server):
+        reply = chat(server).ask([videos["moving_objects"]])
+        assert reply.choices[0].finish_reason == "length"
+        assert reply.usage.completion_tokens == 8
+
+
+def test_dormant_plugin_is_token_identical_to_no_plugin(vanilla_server, dormant_server, chat, videos):
+    for kind in ("moving_objects", "scene_cut"):
+        a = chat(vanilla_server).ask([videos[kind]], max_tokens=12)
+        b = chat(dormant_server).ask([videos[kind]], max_tokens=12)
+        assert a.usage.prompt_tokens == b.usage.prompt_tokens
+        assert [t.token for t in a.choices[0].logprobs.content] == [t.token for t in b.choices[0].logprobs.content]
+
+
+def test_help_lists_plugin_options(tiny_model):
+    out = subprocess.run([vllm_executable(), "serve", "--help=all"], capture_output=True, text=True,
+                         env={**__import__("os").environ, **CPU_ENV}, timeout=180).stdout
+    for flag in ("--plugin", "--vtprune-method", "--vtprune-retention", "--vtprune-preset", "--vtprune-options"):
+        assert flag in out
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--plugin", "vtprune", "--vtprune-method", "bogus"], "--vtprune-method: invalid choice: 'bogus'"),
+        (["--plugin", "vtprune", "--vtprune-retention", "1.5"], "--vtprune-retention: must be in (0, 1], got 1.5"),
+        (["--plugin", "vtprune", "--vtprune-retention", "0"], "--vtprune-retention: must be in (0, 1], got 0"),
+        (["--vtprune-method", "vcast"], "--vtprune-method needs --plugin vtprune"),
+        (["--plugin", "other"], "--plugin 'other' is unknown"),
+        (["--plugin", "vtprune", "--vtprune-options", '{"no_such_option": 1}'], "no_such_option"),
+    ],
+)
+def test_bad_plugin_options_stop_vllm_serve_at_startup(tiny_model, args, expected):
+    assert expected in run_serve_expecting_failure(tiny_model, args)

@@ -1,0 +1,166 @@
+"""Issue 4: pruning inside real vLLM serving, through the OpenAI chat API, on the tiny Qwen3-VL.
+
+The expected prompt-token counts come from the unpruned prompt (read back from the server) and the core
+library's budget for the video's grid, never from numbers copied out of a run.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+import threading
+
+import cv2
+import numpy as np
+import pytest
+from transformers import AutoConfig
+
+from vllm_vtprune.core import PruneConfig, available_methods, total_budget
+
+from vllm_vtprune.testing.chat import output_tokens
+
+METHODS = [m for m in ("none", "vcast", "stc", "mssavt", "evs") if m in available_methods()]
+
+
+@pytest.fixture(scope="module")
+def token_ids(tiny_model):
+    cfg = AutoConfig.from_pretrained(tiny_model)
+    return cfg.vision_start_token_id, cfg.video_token_id
+
+
+def video_grid(reply, token_ids) -> tuple[int, int, int]:
+    """(T, H', W') of the one video in an UNPRUNED prompt, from its token ids: T runs of H'*W' pads."""
+    _, pad = token_ids
+    runs = [len(m.group(0)) for m in re.finditer(r"p+", "".join("p" if t == pad else "." for t in reply.prompt_token_ids))]
+    assert len(set(runs)) == 1, runs
+    side = math.isqrt(runs[0])
+    assert side * side == runs[0]  # the generated videos are square
+    return len(runs), side, side
+
+
+def unpruned(chat_client, videos, **kwargs):
+    return chat_client.ask(videos, vtprune={"method": "none"}, return_token_ids=True, **kwargs)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("retention", [1.0, 0.5, 0.25, 0.1])
+def test_prompt_tokens_shrink_exactly_by_the_budget(plugin_server, chat, videos, token_ids, method, retention):
+    client = chat(plugin_server)
+    base = unpruned(client, [videos["moving_objects"]])
+    grid = video_grid(base, token_ids)
+    t, h, w = grid
+    assert t >= 4 and h * w >= 16  # a real multi-slice video, or the test would prove little
+    reply = client.ask([videos["moving_objects"]], vtprune={"method": method, "retention": retention})
+    budget = total_budget(grid, PruneConfig.from_dict({"method": method, "retention": retention}))
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.prompt_tokens == base.usage.prompt_tokens - t * h * w + budget
+    if method != "none" and retention < 1.0:
+        assert budget < t * h * w
+
+
+@pytest.mark.parametrize("vtprune", [{"method": "none"}, {"method": "vcast", "retention": 1.0},
+                                     {"method": "stc", "retention": 1.0}])
+def test_full_retention_is_token_identical_to_vanilla(vanilla_server, plugin_server, chat, videos, vtprune):
+    for kind in ("moving_objects", "slow_pan"):
+        a = chat(vanilla_server).ask([videos[kind]], max_tokens=16)
+        b = chat(plugin_server).ask([videos[kind]], max_tokens=16, vtprune=vtprune)
+        assert a.usage.prompt_tokens == b.usage.prompt_tokens
+        assert output_tokens(a) == output_tokens(b)
+        assert np.allclose([t.logprob for t in a.choices[0].logprobs.content],
+                           [t.logprob for t in b.choices[0].logprobs.content], atol=1e-3)
+
+
+def test_two_videos_and_an_image_in_one_prompt(vanilla_server, plugin_server, chat, videos, token_ids):
+    image = cv2.imencode(".png", np.full((64, 96, 3), 120, np.uint8))[1].tobytes()
+    images = ["data:image/png;base64," + base64.b64encode(image).decode()]
+    pair = [videos["scene_cut"], videos["near_static"]]
+    a = chat(vanilla_server).ask(pair, images=images, max_tokens=12)
+    b = chat(plugin_server).ask(pair, images=images, max_tokens=12, vtprune={"method": "none"})
+    assert (a.usage.prompt_tokens, output_tokens(a)) == (b.usage.prompt_tokens, output_tokens(b))
+
+    base = unpruned(chat(plugin_server), pair, images=images)
+    grids = [video_grid(unpruned(chat(plugin_server), [v]), token_ids) for v in pair]
+    cfg = PruneConfig.from_dict({"method": "vcast", "retention": 0.3})
+    pruned = chat(plugin_server).ask(pair, images=images, vtprune=cfg.to_dict())
+    removed = sum(t * h * w - total_budget((t, h, w), cfg) for t, h, w in grids)
+    assert pruned.usage.prompt_tokens == base.usage.prompt_tokens - removed  # the image is untouched
+
+
+def test_prefix_cache_hit_on_the_video_gives_the_cold_answer(plugin_server, chat, videos):
+    """Same video, new question: the video's KV comes from the prefix cache (EVS bug B3's scenario)."""
+    client = chat(plugin_server)
+    video = [videos["slow_pan"]]
+    cold = client.ask(video, "Describe the motion.", max_tokens=16, cache_salt="cold")
+    client.ask(video, "What colour is it?", max_tokens=4, cache_salt="warm")
+    warm = client.ask(video, "Describe the motion.", max_tokens=16, cache_salt="warm")
+    assert warm.usage.prompt_tokens_details.cached_tokens > 0.5 * warm.usage.prompt_tokens
+    assert output_tokens(warm) == output_tokens(cold)
+    assert np.allclose([t.logprob for t in warm.choices[0].logprobs.content],
+                       [t.logprob for t in cold.choices[0].logprobs.content], atol=1e-3)
+
+
+@pytest.mark.parametrize("vtprune", [None, {"method": "stc", "retention": 0.4}, {"method": "evs", "retention": 0.3}])
+def test_chunked_prefill_that_splits_the_video_gives_the_unsplit_answer(plugin_server, chunked_server, chat,
+                                                                         videos, vtprune):
+    whole = chat(plugin_server).ask([videos["moving_objects"]], max_tokens=16, vtprune=vtprune)
+    split = chat(chunked_server).ask([videos["moving_objects"]], max_tokens=16, vtprune=vtprune)
+    assert whole.usage.prompt_tokens > 3 * 48  # the video really spans several 48-token chunks
+    assert whole.usage.prompt_tokens == split.usage.prompt_tokens
+    assert output_tokens(whole) == output_tokens(split)
+
+
+def test_mixed_configs_in_one_batch_each_get_their_own_budget(plugin_server, chat, videos, token_ids):
+    client = chat(plugin_server)
+    base = unpruned(client, [videos["scene_cut"]])
+    grid = video_grid(base, token_ids)
+    t, h, w = grid
+    configs = [{"method": m, "retention": r} for m, r in
+               [("vcast", 0.2), ("stc", 0.5), ("evs", 0.3), ("none", 1.0), ("vcast", 0.6), ("stc", 0.15)]]
+    replies: dict[int, object] = {}
+
+    def send(i):
+        replies[i] = client.ask([videos["scene_cut"]], vtprune=configs[i], max_tokens=4)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(configs))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for i, cfg in enumerate(configs):
+        budget = total_budget(grid, PruneConfig.from_dict(cfg))
+        assert replies[i].usage.prompt_tokens == base.usage.prompt_tokens - t * h * w + budget, cfg
+
+
+def test_invalid_request_settings_get_400_and_the_server_lives(plugin_server, chat, videos):
+    import openai
+
+    client = chat(plugin_server)
+    for bad, message in [({"retention": 0}, "retention"), ({"method": "nope"}, "nope"),
+                         ({"options": {"bogus": 1}}, "bogus"), ("vcast", "must be an object"),
+                         ({"stream_id": ""}, "stream_id")]:
+        with pytest.raises(openai.BadRequestError, match=message):
+            client.ask([videos["near_static"]], vtprune=bad)
+    assert client.ask([videos["near_static"]]).choices[0].finish_reason == "length"
+
+
+def _metric(text: str, name: str, method: str) -> float:
+    m = re.search(rf'^{re.escape(name)}{{method="{method}"}} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_metrics_show_what_pruning_did(plugin_server, chat, videos, token_ids):
+    client = chat(plugin_server)
+    before = plugin_server.metrics()
+    base = unpruned(client, [videos["near_static"]])
+    grid = video_grid(base, token_ids)
+    cfg = PruneConfig.from_dict({"method": "vcast", "retention": 0.25})
+    client.ask([videos["near_static"]], vtprune=cfg.to_dict())
+    after = plugin_server.metrics()
+    t, h, w = grid
+    assert _metric(after, "vtprune:videos_total", "vcast") - _metric(before, "vtprune:videos_total", "vcast") == 1
+    for name, expected in [("vtprune:video_tokens_unpruned_total", t * h * w),
+                           ("vtprune:video_tokens_kept_total", total_budget(grid, cfg))]:
+        assert _metric(after, name, "vcast") - _metric(before, name, "vcast") == expected
+    for histogram in ("vtprune:vision_tower_seconds_count", "vtprune:selection_seconds_count"):
+        assert float(re.search(rf"^{histogram} (\S+)$", after, re.M).group(1)) >= 1
