@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import vllm
-from vllm.logger import init_logger
+from vllm_vtprune.log import get_logger
 
-logger = init_logger(__name__)
+logger = get_logger(__name__)
 
 SUPPORTED_VLLM = "0.32."
 

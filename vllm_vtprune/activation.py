@@ -5,11 +5,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 
-from vllm.logger import init_logger
+from vllm_vtprune.log import get_logger
 
 from vllm_vtprune.settings import ENV_VAR, VtpruneSettings
 
-logger = init_logger(__name__)
+logger = get_logger(__name__)
 
 # Architecture -> our subclass. Qwen3-VL dense only for now (MoE has its own processor registration).
 MODEL_OVERRIDES = {

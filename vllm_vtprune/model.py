@@ -14,10 +14,12 @@ DeepStack, the language model) is inherited. What changes:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 
 import torch
 from vllm.distributed import get_pp_group, get_tensor_model_parallel_rank
-from vllm.logger import init_logger
+from vllm_vtprune.log import get_logger
 from vllm.model_executor.models.qwen3_vl import (
     Qwen3VLDummyInputsBuilder,
     Qwen3VLForConditionalGeneration,
@@ -33,7 +35,7 @@ from vllm_vtprune.processor import CONFIG_FIELD, VtpruneQwen3VLProcessor, decode
 from vllm_vtprune.streams import StreamStates
 from vllm_vtprune.timing import StageTimer
 
-logger = init_logger(__name__)
+logger = get_logger(__name__)
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -97,9 +99,13 @@ class VtpruneQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
         if self.metrics is not None:
             self.metrics.tower_seconds.observe(seconds["tower"])
             self.metrics.selection_seconds.observe(seconds["selection"])
-        logger.debug("vtprune: %d video(s), tokens %s -> %s, tower %.1f ms, selection %.1f ms",
-                     len(out), [f.shape[0] for f in features], [sel.kept.numel() for sel in selections],
-                     seconds["tower"] * 1e3, seconds["selection"] * 1e3)
+        if logger.isEnabledFor(logging.DEBUG):
+            # The digest lets tensor-parallel ranks be compared: each runs the tower and must select alike.
+            digest = hashlib.sha1(b"".join(sel.kept.cpu().numpy().tobytes() for sel in selections)).hexdigest()[:12]
+            logger.debug("vtprune: rank %d, %d video(s), tokens %s -> %s, tower %.1f ms, selection %.1f ms, "
+                         "selection digest %s", get_tensor_model_parallel_rank(), len(out),
+                         [f.shape[0] for f in features], [sel.kept.numel() for sel in selections],
+                         seconds["tower"] * 1e3, seconds["selection"] * 1e3, digest)
         return out
 
     def _fill_video_range(self, features, kept, per_slice, grid_thw, timestamps) -> torch.Tensor:

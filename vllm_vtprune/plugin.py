@@ -8,9 +8,9 @@ process through ``VLLM_VTPRUNE_CONFIG`` and the plugin activates here too.
 
 from __future__ import annotations
 
-from vllm.logger import init_logger
+from vllm_vtprune.log import get_logger
 
-logger = init_logger(__name__)
+logger = get_logger(__name__)
 
 
 def register() -> None:

@@ -26,13 +26,13 @@ from vllm.multimodal.hasher import MultiModalHasher
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import PromptReplacement
 
-from vllm.logger import init_logger
+from vllm_vtprune.log import get_logger
 
 from vllm_vtprune.core import PruneConfig, total_budget
 from vllm_vtprune.metrics import api_server_metrics
 from vllm_vtprune.settings import REQUEST_KEY, VtpruneSettings, settings_from_env
 
-logger = init_logger(__name__)
+logger = get_logger(__name__)
 
 CONFIG_FIELD = "vtprune_config"
 
