@@ -14,9 +14,9 @@ PIP_NOISE := '^WARNING: Location .* is ignored'
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[$(BACKEND),test,bench]' 2>&1 | { grep -v $(PIP_NOISE) || true; }
+	$(PY) -m pip install -q -e '.[$(BACKEND),test,bench,ray]' 2>&1 | { grep -v $(PIP_NOISE) || true; }
 	$(PY) -m vllm_vtprune.patches.cpu_packaging
 	touch $@
 
