@@ -30,6 +30,8 @@ _FLAGS = {
     "vtprune_retention": "retention",
     "vtprune_min_tokens_per_slice": "min_tokens_per_slice",
     "vtprune_options": "options",
+    "vtprune_cacher": "cacher",
+    "vtprune_slice_cache_mb": "slice_cache_mb",
 }
 
 
@@ -69,6 +71,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vtprune-retention", type=_retention, help="Fraction of video tokens kept, in (0, 1].")
     group.add_argument("--vtprune-min-tokens-per-slice", type=_non_negative_int, help="Floor of kept tokens per temporal slice.")
     group.add_argument("--vtprune-options", type=_json_object, help="Method options as a JSON object.")
+    group.add_argument("--vtprune-cacher", type=_json_object,
+                       help='STC-Cacher in the vision tower, e.g. \'{"enabled": true, "recompute_ratio": 0.25}\'.')
+    group.add_argument("--vtprune-slice-cache-mb", type=_non_negative_int,
+                       help="Per-worker budget of the exact per-slice vision-tower cache (MiB); 0 = off.")
 
 
 def settings_from_args(args: argparse.Namespace) -> dict[str, Any] | None:

@@ -67,6 +67,23 @@ class WorkerMetrics:
                                            buckets=_TIME_BUCKETS, registry=None)
             self.selection_seconds = Histogram("vtprune:selection_seconds", "Token-selection time per encoder batch.",
                                                buckets=_TIME_BUCKETS, registry=None)
+            self.slice_cache_hits = Counter("vtprune:slice_cache_hits", "Video slices served from the slice cache.",
+                                            registry=None)
+            self.slice_cache_misses = Counter("vtprune:slice_cache_misses", "Video slices run through the tower.",
+                                              registry=None)
+            self.cacher_selective_slices = Counter("vtprune:cacher_selective_slices",
+                                                   "Slices run with STC-Cacher's selective recomputation.",
+                                                   registry=None)
+            self.tower_seconds_saved = Counter("vtprune:vision_tower_seconds_saved",
+                                               "Estimated vision-tower time saved by the slice cache and STC-Cacher.",
+                                               registry=None)
+
+    def record_encode(self, stats) -> None:
+        """Account one ``VideoEncoder.encode`` call (``vllm_vtprune.vision.EncodeStats``)."""
+        self.slice_cache_hits.inc(stats.slices_from_cache)
+        self.slice_cache_misses.inc(stats.slices_computed)
+        self.cacher_selective_slices.inc(stats.cacher_selective_slices)
+        self.tower_seconds_saved.inc(stats.seconds_saved_estimate)
 
     @classmethod
     def from_env(cls) -> WorkerMetrics | None:

@@ -31,9 +31,18 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm_vtprune.core import select_tokens
 from vllm_vtprune.metrics import WorkerMetrics
 from vllm_vtprune.positions import OFFSET_CHANNELS, decode_offsets, encode_offsets, prompt_index_map
-from vllm_vtprune.processor import CONFIG_FIELD, VtpruneQwen3VLProcessor, decode_settings, llm_grid
+from vllm_vtprune.patches import encoder_cache_reset
+from vllm_vtprune.processor import (
+    CONFIG_FIELD,
+    SLICE_KEYS_FIELD,
+    VtpruneQwen3VLProcessor,
+    decode_settings,
+    llm_grid,
+)
+from vllm_vtprune.settings import VtpruneSettings, settings_from_env
 from vllm_vtprune.streams import StreamStates
 from vllm_vtprune.timing import StageTimer
+from vllm_vtprune.vision import VideoEncoder
 
 logger = get_logger(__name__)
 
@@ -56,8 +65,17 @@ class VtpruneQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
                                             dtype=torch.long)
         self.position_offsets_num_tokens = 0
         self.streams = StreamStates()
+        server = settings_from_env() or VtpruneSettings()
+        # The slice cache lives on the CPU: vLLM's memory profiler does not see it, so it must not take device memory.
+        self.video_encoder = VideoEncoder(self.visual, cache_bytes=server.slice_cache_mb * 2**20, cache_device="cpu")
+        encoder_cache_reset.apply()
         # One observation per encoder batch: tensor-parallel ranks all run the tower, rank 0 reports it.
         self.metrics = WorkerMetrics.from_env() if get_tensor_model_parallel_rank() == 0 else None
+
+    def reset_vtprune_caches(self) -> None:
+        """Called with vLLM's encoder-cache reset (see patches/encoder_cache_reset.py)."""
+        self.video_encoder.clear()
+        self.streams.clear()
 
     def get_encoder_cudagraph_config(self):
         # Captured encoder graphs bypass embed_multimodal, which now appends offset channels to every item.
@@ -66,6 +84,7 @@ class VtpruneQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
     # ---- after the vision tower -------------------------------------------------------------------
     def embed_multimodal(self, **kwargs: object):
         configs = kwargs.pop(CONFIG_FIELD, None)
+        keys = kwargs.pop(SLICE_KEYS_FIELD, None)
         inputs = self._parse_and_validate_multimodal_inputs(**kwargs)
         embeddings: list[torch.Tensor] = []
         for modality, modality_input in inputs.items():
@@ -73,14 +92,14 @@ class VtpruneQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
                 for e in self._process_image_input(modality_input):
                     embeddings.append(torch.cat([e, e.new_zeros(e.shape[0], OFFSET_CHANNELS)], dim=-1))
             elif modality == "video":
-                embeddings.extend(self._embed_videos(modality_input, configs))
+                embeddings.extend(self._embed_videos(modality_input, configs, keys))
         return tuple(embeddings)
 
-    def _embed_videos(self, video_input, configs) -> list[torch.Tensor]:
+    def _embed_videos(self, video_input, configs, keys) -> list[torch.Tensor]:
         grids_thw = video_input["video_grid_thw"].tolist()
         settings = [decode_settings(c) for c in configs]
         timer = StageTimer(video_input["video_grid_thw"].device)
-        features = self._process_video_input(video_input)
+        features = self._run_tower(video_input, grids_thw, settings, keys)
         timer.mark("tower")
         selections = select_tokens(
             torch.cat([f[:, : self.visual_dim] for f in features]),
@@ -107,6 +126,20 @@ class VtpruneQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
                          [f.shape[0] for f in features], [sel.kept.numel() for sel in selections],
                          seconds["tower"] * 1e3, seconds["selection"] * 1e3, digest)
         return out
+
+    def _run_tower(self, video_input, grids_thw, settings, keys) -> list[torch.Tensor]:
+        """Tower outputs per video, reusing work where the settings allow: exact per-slice cache hits and
+        STC-Cacher's selective recomputation."""
+        if video_input["type"] != "pixel_values_videos":  # precomputed embeddings: no tower to save
+            return list(self._process_video_input(video_input))
+        keys = [k if k is not None and k.numel() else None for k in (keys if keys is not None else [None] * len(settings))]
+        features, stats = self.video_encoder.encode(
+            video_input["pixel_values_videos"], grids_thw, [s.cacher for s in settings], keys,
+            [s.slice_cache for s in settings],
+        )
+        if self.metrics is not None:
+            self.metrics.record_encode(stats)
+        return features
 
     def _fill_video_range(self, features, kept, per_slice, grid_thw, timestamps) -> torch.Tensor:
         """The rows of one video's placeholder range: timestamps/markers as text embeddings, kept tokens

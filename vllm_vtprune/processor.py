@@ -31,10 +31,12 @@ from vllm_vtprune.log import get_logger
 from vllm_vtprune.core import PruneConfig, total_budget
 from vllm_vtprune.metrics import api_server_metrics
 from vllm_vtprune.settings import REQUEST_KEY, VtpruneSettings, settings_from_env
+from vllm_vtprune.vision import slice_key_salt, slice_keys
 
 logger = get_logger(__name__)
 
 CONFIG_FIELD = "vtprune_config"
+SLICE_KEYS_FIELD = "vtprune_slice_keys"  # int64 [T, 2] content key per temporal slice; [0, 2] when unused
 
 
 def encode_settings(settings: VtpruneSettings) -> torch.Tensor:
@@ -144,14 +146,27 @@ class VtpruneQwen3VLProcessor(Qwen3VLMultiModalProcessor):
         processed = super()._apply_hf_processor_main(mm_items, self._without_ours(hf_kwargs))
         if "video_grid_thw" in processed:
             merge = self.info.get_hf_config().vision_config.spatial_merge_size
-            for grid in processed["video_grid_thw"].tolist():  # fail here, with a 400, not in the worker
+            grids = processed["video_grid_thw"].tolist()
+            for grid in grids:  # fail here, with a 400, not in the worker
                 total_budget(llm_grid(grid, merge), settings.prune)
-            processed[CONFIG_FIELD] = [encode_settings(settings)] * len(processed["video_grid_thw"])
+            processed[CONFIG_FIELD] = [encode_settings(settings)] * len(grids)
+            processed[SLICE_KEYS_FIELD] = self._slice_keys(processed["pixel_values_videos"], grids, settings)
         return processed
+
+    def _slice_keys(self, pixels: torch.Tensor, grids: list[list[int]], settings: VtpruneSettings):
+        """Per-slice content keys, hashed here where the pixels already are. None are made for vLLM's profiling
+        dummies (their identical slices would otherwise be computed once and hide the tower's peak memory)."""
+        if not (settings.slice_cache and settings.slice_cache_mb > 0) or _PROFILING.get():
+            return [torch.zeros(0, 2, dtype=torch.int64) for _ in grids]
+        model_config = self.info.ctx.model_config
+        salt = slice_key_salt(model_config.model, model_config.revision)
+        rows = [t * h * w for t, h, w in grids]
+        return [slice_keys(p, g, salt) for p, g in zip(pixels.split(rows), grids)]
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
         fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
         fields[CONFIG_FIELD] = MultiModalFieldConfig.batched("video", keep_on_cpu=True)
+        fields[SLICE_KEYS_FIELD] = MultiModalFieldConfig.batched("video", keep_on_cpu=True)
         return fields
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):

@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any
 
 from vllm_vtprune.core import PruneConfig
+from vllm_vtprune.vision.cacher_config import CacherConfig
 
 ENV_VAR = "VLLM_VTPRUNE_CONFIG"
 REQUEST_KEY = "vtprune"  # key inside mm_processor_kwargs
@@ -31,26 +32,42 @@ def load_preset(name: str) -> dict[str, Any]:
     return json.loads(resources.files("vllm_vtprune.configs").joinpath(f"{name}.json").read_text())
 
 
+SERVER_ONLY_KEYS = ("slice_cache_mb",)
+
+
 @dataclass(frozen=True)
 class VtpruneSettings:
     prune: PruneConfig = field(default_factory=PruneConfig)
     # Requests naming the same stream share selection state (STC's history anchor, the temporal stage's
     # previous slice) across requests, in the worker that serves them; without one, a request stands alone.
     stream_id: str | None = None
+    cacher: CacherConfig = field(default_factory=CacherConfig)  # STC-Cacher inside the vision tower
+    slice_cache: bool = True  # use the worker's exact per-slice tower cache, when the server has one
+    slice_cache_mb: int = 0  # server-wide: each worker's slice-cache budget; 0 turns the cache off
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> VtpruneSettings:
-        """Validate ``{"preset"?, "method", "retention", "min_tokens_per_slice", "options", "stream_id"?}``."""
+        """Validate ``{"preset"?, "method", "retention", "min_tokens_per_slice", "options", "stream_id"?,
+        "cacher"?, "slice_cache"?, "slice_cache_mb"?}``."""
         d = dict(d)
         if "preset" in d:
             d = {**load_preset(d.pop("preset")), **d}
         stream_id = d.pop("stream_id", None)
         if stream_id is not None and (not isinstance(stream_id, str) or not stream_id):
             raise ValueError(f"vtprune.stream_id must be a non-empty string, got {stream_id!r}")
-        return cls(prune=PruneConfig.from_dict(d), stream_id=stream_id)
+        slice_cache = d.pop("slice_cache", True)
+        if not isinstance(slice_cache, bool):
+            raise ValueError(f"vtprune.slice_cache must be true or false, got {slice_cache!r}")
+        slice_cache_mb = d.pop("slice_cache_mb", 0)
+        if isinstance(slice_cache_mb, bool) or not isinstance(slice_cache_mb, int) or slice_cache_mb < 0:
+            raise ValueError(f"vtprune.slice_cache_mb must be an integer >= 0, got {slice_cache_mb!r}")
+        cacher = CacherConfig.from_dict(d.pop("cacher", None))
+        return cls(prune=PruneConfig.from_dict(d), stream_id=stream_id, cacher=cacher, slice_cache=slice_cache,
+                   slice_cache_mb=slice_cache_mb)
 
     def to_dict(self) -> dict[str, Any]:
-        d = self.prune.to_dict()
+        d = {**self.prune.to_dict(), "cacher": self.cacher.to_dict(), "slice_cache": self.slice_cache,
+             "slice_cache_mb": self.slice_cache_mb}
         if self.stream_id is not None:
             d["stream_id"] = self.stream_id
         return d
@@ -65,11 +82,18 @@ class VtpruneSettings:
             return self
         if not isinstance(override, Mapping):
             raise ValueError(f"mm_processor_kwargs.{REQUEST_KEY} must be an object, got {type(override).__name__}")
-        base = self.prune.to_dict()
+        for key in SERVER_ONLY_KEYS:
+            if key in override:
+                raise ValueError(f"vtprune.{key} is a server setting (--vtprune-{key.replace('_', '-')})")
+        base = self.to_dict()
+        base.pop("stream_id", None)
         if "preset" in override or override.get("method", base["method"]) != base["method"]:
-            base = {}
-        options = {**base.get("options", {}), **override.get("options", {})}
-        return VtpruneSettings.from_dict({**base, **override, "options": options})
+            base = {k: base[k] for k in ("cacher", "slice_cache", "slice_cache_mb")}
+        merged = {**base, **override}
+        for nested in ("options", "cacher"):  # a partial override of a nested object keeps the rest
+            if isinstance(override.get(nested), Mapping):
+                merged[nested] = {**base.get(nested, {}), **override[nested]}
+        return VtpruneSettings.from_dict(merged)
 
 
 def settings_from_env() -> VtpruneSettings | None:

@@ -37,9 +37,9 @@ def dormant_server(tiny_model) -> Iterator[VllmServer]:
 
 @pytest.fixture(scope="session")
 def plugin_server(tiny_model) -> Iterator[VllmServer]:
-    """``--plugin vtprune`` with the V-CAST preset; tests override the settings per request."""
+    """``--plugin vtprune`` with the V-CAST preset and a slice cache; tests override settings per request."""
     yield from _serve(tiny_model, "plugin", ["--plugin", "vtprune", "--vtprune-preset", "vcast",
-                                             "--enable-prompt-tokens-details"])
+                                             "--vtprune-slice-cache-mb", "256", "--enable-prompt-tokens-details"])
 
 
 @pytest.fixture(scope="session")

@@ -57,6 +57,9 @@ def test_help_lists_plugin_options(tiny_model):
         (["--vtprune-method", "vcast"], "--vtprune-method needs --plugin vtprune"),
         (["--plugin", "other"], "--plugin 'other' is unknown"),
         (["--plugin", "vtprune", "--vtprune-options", '{"no_such_option": 1}'], "no_such_option"),
+        (["--plugin", "vtprune", "--vtprune-cacher", '{"recompute_ratio": 2}'],
+         "vtprune.cacher.recompute_ratio must be in (0, 1], got 2"),
+        (["--plugin", "vtprune", "--vtprune-slice-cache-mb", "-1"], "--vtprune-slice-cache-mb: must be >= 0"),
     ],
 )
 def test_bad_plugin_options_stop_vllm_serve_at_startup(tiny_model, args, expected):
