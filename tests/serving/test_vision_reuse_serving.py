@@ -60,3 +60,18 @@ def test_stc_cacher_per_request(plugin_server, chat, videos):
     lp_plain = np.array([t.logprob for t in plain.choices[0].logprobs.content])
     lp_cached = np.array([t.logprob for t in cached.choices[0].logprobs.content])
     assert not np.array_equal(lp_plain, lp_cached)  # approximate features really reached the LLM
+
+
+def test_chunk_per_item_streaming_hits_the_prefix_cache(plugin_server, chat, tmp_path):
+    """The streaming pattern that needs no slice cache: each new chunk is its own video item, so the earlier
+    items keep their hashes and their KV comes from vLLM's prefix cache."""
+    frames = make_frames("slow_pan", 32, 256, 256, seed=5)
+    chunks = [write_mp4(frames[i:i + 16], tmp_path / f"chunk{i}.mp4", fps=4.0) for i in (0, 16)]
+    client = chat(plugin_server)
+    settings = {"stream_id": "cam", "method": "stc", "retention": 0.9}  # long enough to fill whole KV blocks
+    first = client.ask(chunks[:1], "What is shown?", max_tokens=2, vtprune=settings, return_token_ids=True)
+    both = client.ask(chunks, "What is shown?", max_tokens=2, vtprune=settings, return_token_ids=True)
+    shared = next(i for i, (a, b) in enumerate(zip(first.prompt_token_ids, both.prompt_token_ids)) if a != b)
+    cached = both.usage.prompt_tokens_details.cached_tokens
+    assert 0 < cached <= shared  # the first chunk's KV (whole blocks of it) was reused
+    assert shared > first.usage.prompt_tokens - 16  # ...and the shared part is that whole first video item
