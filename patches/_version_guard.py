@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import vllm
+
 from vllm_vtprune.log import get_logger
 
 logger = get_logger(__name__)

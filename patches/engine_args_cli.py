@@ -17,9 +17,9 @@ import json
 from typing import Any
 
 from vllm.engine.arg_utils import EngineArgs
+from vllm_vtprune.patches._version_guard import vllm_supported
 
 from vllm_vtprune import activation
-from vllm_vtprune.patches._version_guard import vllm_supported
 from vllm_vtprune.settings import REQUEST_KEY, VtpruneSettings, preset_names
 
 PLUGIN_NAME = "vtprune"
@@ -69,7 +69,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vtprune-preset", choices=preset_names(), help="Named preset from configs/.")
     group.add_argument("--vtprune-method", choices=available_methods(), help="Token selection method.")
     group.add_argument("--vtprune-retention", type=_retention, help="Fraction of video tokens kept, in (0, 1].")
-    group.add_argument("--vtprune-min-tokens-per-slice", type=_non_negative_int, help="Floor of kept tokens per temporal slice.")
+    group.add_argument("--vtprune-min-tokens-per-slice", type=_non_negative_int,
+                       help="Floor of kept tokens per temporal slice.")
     group.add_argument("--vtprune-options", type=_json_object, help="Method options as a JSON object.")
     group.add_argument("--vtprune-cacher", type=_json_object,
                        help='STC-Cacher in the vision tower, e.g. \'{"enabled": true, "recompute_ratio": 0.25}\'.')

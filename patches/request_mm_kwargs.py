@@ -11,6 +11,7 @@ Remove when: vLLM lets a plugin declare which request kwargs are safe (not avail
 from __future__ import annotations
 
 from vllm_vtprune.patches._version_guard import vllm_supported
+
 from vllm_vtprune.settings import REQUEST_KEY
 
 

@@ -6,7 +6,6 @@ import multiprocessing
 import os
 
 from vllm_vtprune.log import get_logger
-
 from vllm_vtprune.settings import ENV_VAR, VtpruneSettings
 
 logger = get_logger(__name__)

@@ -7,10 +7,9 @@ ask about the video through the OpenAI client, and show what pruning did.
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
-
-import re
 
 from vllm_vtprune.settings import preset_names
 from vllm_vtprune.testing.chat import VideoChat

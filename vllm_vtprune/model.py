@@ -19,7 +19,6 @@ import logging
 
 import torch
 from vllm.distributed import get_pp_group, get_tensor_model_parallel_rank
-from vllm_vtprune.log import get_logger
 from vllm.model_executor.models.qwen3_vl import (
     Qwen3VLDummyInputsBuilder,
     Qwen3VLForConditionalGeneration,
@@ -29,9 +28,10 @@ from vllm.model_executor.models.qwen3_vl import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from vllm_vtprune.core import select_tokens
+from vllm_vtprune.log import get_logger
 from vllm_vtprune.metrics import WorkerMetrics
-from vllm_vtprune.positions import OFFSET_CHANNELS, decode_offsets, encode_offsets, prompt_index_map
 from vllm_vtprune.patches import encoder_cache_reset
+from vllm_vtprune.positions import OFFSET_CHANNELS, decode_offsets, encode_offsets, prompt_index_map
 from vllm_vtprune.processor import (
     CONFIG_FIELD,
     SLICE_KEYS_FIELD,
@@ -132,7 +132,9 @@ class VtpruneQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
         STC-Cacher's selective recomputation."""
         if video_input["type"] != "pixel_values_videos":  # precomputed embeddings: no tower to save
             return list(self._process_video_input(video_input))
-        keys = [k if k is not None and k.numel() else None for k in (keys if keys is not None else [None] * len(settings))]
+        if keys is None:  # a list, or one stacked tensor when every video has the same number of slices
+            keys = [None] * len(settings)
+        keys = [k if k is not None and k.numel() else None for k in keys]
         features, stats = self.video_encoder.encode(
             video_input["pixel_values_videos"], grids_thw, [s.cacher for s in settings], keys,
             [s.slice_cache for s in settings],

@@ -26,9 +26,8 @@ from vllm.multimodal.hasher import MultiModalHasher
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import PromptReplacement
 
-from vllm_vtprune.log import get_logger
-
 from vllm_vtprune.core import PruneConfig, total_budget
+from vllm_vtprune.log import get_logger
 from vllm_vtprune.metrics import api_server_metrics
 from vllm_vtprune.settings import REQUEST_KEY, VtpruneSettings, settings_from_env
 from vllm_vtprune.vision import slice_key_salt, slice_keys

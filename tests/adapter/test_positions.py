@@ -63,7 +63,7 @@ videos_st = st.lists(
 def test_pruned_positions_equal_unpruned_positions_at_kept_tokens(model, videos, with_image, text_lens):
     cfg = model.config
     text = model._tokenizer.encode("the quick brown fox jumps", add_special_tokens=False)
-    vs, ve, pad = cfg.vision_start_token_id, cfg.vision_end_token_id, cfg.video_token_id
+    vs, ve = cfg.vision_start_token_id, cfg.vision_end_token_id
     pruned, unpruned, pruned_feats, unpruned_feats, expected_map, rows = [], [], [], [], [], []
 
     def add_text(n):
@@ -98,7 +98,7 @@ def test_pruned_positions_equal_unpruned_positions_at_kept_tokens(model, videos,
         actual_body = model._video_repl(per_slice, timestamps)
         full_body = model._video_repl([h * w] * t, timestamps)
         assert len(prompt_body) == len(actual_body)
-        body_map, cursor, u = [], 0, 0
+        body_map, u = [], 0
         for s in range(t):  # walk the unpruned layout slice by slice
             n_text = full_body.index(vs, u) - u + 1  # timestamp tokens + vision_start
             body_map += list(range(u, u + n_text))

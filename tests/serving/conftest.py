@@ -7,7 +7,6 @@ pruning settings per request (``mm_processor_kwargs={"vtprune": ...}``) rather t
 from __future__ import annotations
 
 from collections.abc import Iterator
-
 from pathlib import Path
 
 import pytest

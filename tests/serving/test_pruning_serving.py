@@ -17,7 +17,6 @@ import pytest
 from transformers import AutoConfig
 
 from vllm_vtprune.core import PruneConfig, available_methods, total_budget
-
 from vllm_vtprune.testing.chat import output_tokens
 
 METHODS = [m for m in ("none", "vcast", "stc", "mssavt", "evs") if m in available_methods()]
@@ -32,7 +31,8 @@ def token_ids(tiny_model):
 def video_grid(reply, token_ids) -> tuple[int, int, int]:
     """(T, H', W') of the one video in an UNPRUNED prompt, from its token ids: T runs of H'*W' pads."""
     _, pad = token_ids
-    runs = [len(m.group(0)) for m in re.finditer(r"p+", "".join("p" if t == pad else "." for t in reply.prompt_token_ids))]
+    marks = "".join("p" if t == pad else "." for t in reply.prompt_token_ids)
+    runs = [len(m.group(0)) for m in re.finditer(r"p+", marks)]
     assert len(set(runs)) == 1, runs
     side = math.isqrt(runs[0])
     assert side * side == runs[0]  # the generated videos are square
