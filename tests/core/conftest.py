@@ -42,8 +42,12 @@ def make_config(variant: tuple[str, dict[str, Any]], retention: float, min_k: in
 
 
 def make_features(
-    grid: tuple[int, int, int], channels: int, seed: int, kind: str = "gaussian",
-    dtype: torch.dtype = torch.float32, device: str = "cpu",
+    grid: tuple[int, int, int],
+    channels: int,
+    seed: int,
+    kind: str = "gaussian",
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
 ) -> torch.Tensor:
     """[T*H*W, C] features. ``palette`` repeats a few vectors (exact ties everywhere), ``constant`` is one vector
     everywhere, ``zeros`` is all zeros (degenerate norms)."""

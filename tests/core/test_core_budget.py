@@ -53,7 +53,12 @@ def test_total_budget_is_pure() -> None:
 
 
 def test_ratio_budget_rounds_half_to_even_and_clips() -> None:
-    assert [ratio_budget(10, r) for r in (0.05, 0.15, 0.25, 0.35)] == [1, 2, 2, 4]  # round(0.5)=0 -> clipped to 1
+    assert [ratio_budget(10, r) for r in (0.05, 0.15, 0.25, 0.35)] == [
+        1,
+        2,
+        2,
+        4,
+    ]  # round(0.5)=0 -> clipped to 1
     assert ratio_budget(10, 1.0) == 10
 
 
@@ -93,9 +98,17 @@ def test_vcast_allocation_on_explicit_weights() -> None:
     assert allocate_like_vcast(torch.tensor([0.5, 0.3, 0.2]), 10, min_k=1, capacity=5).tolist() == [5, 3, 2]
     # Dyadic weights: raw = 10 * (0.25, 0.375, 0.375) = 2.5, 3.75, 3.75 -> floors 2, 3, 3 -> 8; the leftover 2 both
     # go to slice 1 (fraction 0.75, tied with slice 2, lowest index wins), as the official loop does.
-    assert allocate_like_vcast(torch.tensor([0.25, 0.375, 0.375]), 10, min_k=0, capacity=10).tolist() == [2, 5, 3]
+    assert allocate_like_vcast(torch.tensor([0.25, 0.375, 0.375]), 10, min_k=0, capacity=10).tolist() == [
+        2,
+        5,
+        3,
+    ]
     # Same with capacity 4: slice 1 fills up after one token, the next largest fraction (slice 2) gets the other.
-    assert allocate_like_vcast(torch.tensor([0.25, 0.375, 0.375]), 10, min_k=0, capacity=4).tolist() == [2, 4, 4]
+    assert allocate_like_vcast(torch.tensor([0.25, 0.375, 0.375]), 10, min_k=0, capacity=4).tolist() == [
+        2,
+        4,
+        4,
+    ]
     # Total below T * min_k: no floor at all, everything by weight (raw 1.6, 0.4 -> 1, 0; leftover to slice 0).
     assert allocate_like_vcast(torch.tensor([0.8, 0.2]), 2, min_k=2, capacity=4).tolist() == [2, 0]
     # Zero weights are treated as uniform: 1 each, then raw 0.5 each -> floors 0, and the 2 leftover tokens pile
@@ -148,7 +161,10 @@ def test_split_by_room_is_proportional_and_exact(rooms, data) -> None:
 
 def test_top_k_mask_breaks_ties_by_lower_index() -> None:
     scores = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
-    assert top_k_mask(scores, 2).tolist() == [[False, True, True, False, False], [True, True, False, False, False]]
+    assert top_k_mask(scores, 2).tolist() == [
+        [False, True, True, False, False],
+        [True, True, False, False, False],
+    ]
     assert top_k_mask(scores, torch.tensor([1, 3]), largest=False).tolist() == [
         [True, False, False, False, False],
         [True, True, True, False, False],

@@ -17,10 +17,10 @@ from vllm_vtprune.core import (
     available_methods,
     get_method,
     register_method,
+    registry,
     select_tokens,
     total_budget,
 )
-from vllm_vtprune.core import registry
 
 from .conftest import VARIANTS, make_config
 
@@ -39,7 +39,12 @@ def test_defaults() -> None:
     assert PruneConfig.from_dict({}) == cfg
     stc = PruneConfig.from_dict({"method": "stc"})
     assert stc == PruneConfig(method="stc")
-    assert dict(stc.options) == {"alpha": 0.5, "channel_keep_ratio": 0.5, "chunk_slices": 0, "strategy": "gaussian"}
+    assert dict(stc.options) == {
+        "alpha": 0.5,
+        "channel_keep_ratio": 0.5,
+        "chunk_slices": 0,
+        "strategy": "gaussian",
+    }
     assert [k for k, _ in stc.options] == sorted(k for k, _ in stc.options)
     mssavt = PruneConfig(method="mssavt", options={"temporal": "evs"})
     assert mssavt.option("temporal") == "evs" and mssavt.option("mask") == "checkerboard"
@@ -80,10 +85,7 @@ def test_digest_depends_on_every_field_and_is_stable_across_processes() -> None:
     assert len({c.digest() for c in variants}) == len(variants)
     # Explicit defaults and omitted ones are the same config.
     assert PruneConfig(method="mssavt", retention=0.25, options={"temporal_share": 0.5}).digest() == base.digest()
-    code = (
-        "from vllm_vtprune.core import PruneConfig;"
-        "print(PruneConfig(method='mssavt', retention=0.25).digest())"
-    )
+    code = "from vllm_vtprune.core import PruneConfig;print(PruneConfig(method='mssavt', retention=0.25).digest())"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other.stdout.strip() == base.digest()
 
@@ -105,20 +107,36 @@ def test_digest_depends_on_every_field_and_is_stable_across_processes() -> None:
         ({"method": 3}, r"vtprune.method must be a string, got 3"),
         ({"methd": "stc"}, r"vtprune.methd is not a known key; choose from"),
         ({"options": [1, 2]}, r"vtprune.options must be a mapping"),
-        ({"method": "mssavt", "options": {"temporal": "foo"}},
-         r"^vtprune.options.temporal must be one of \['dtd', 'dycoke', 'evs', 'none'\], got 'foo'$"),
-        ({"method": "mssavt", "options": {"temporal_share": 1.5}}, r"vtprune.options.temporal_share must be in"),
+        (
+            {"method": "mssavt", "options": {"temporal": "foo"}},
+            r"^vtprune.options.temporal must be one of \['dtd', 'dycoke', 'evs', 'none'\], got 'foo'$",
+        ),
+        (
+            {"method": "mssavt", "options": {"temporal_share": 1.5}},
+            r"vtprune.options.temporal_share must be in",
+        ),
         ({"method": "mssavt", "options": {"parity": 2}}, r"vtprune.options.parity must be one of \[0, 1\]"),
         ({"method": "mssavt", "options": {"parity": True}}, r"vtprune.options.parity must be one of"),
-        ({"method": "mssavt", "options": {"alternate_parity": 1}}, r"vtprune.options.alternate_parity must be"),
+        (
+            {"method": "mssavt", "options": {"alternate_parity": 1}},
+            r"vtprune.options.alternate_parity must be",
+        ),
         ({"method": "stc", "options": {"chunk_slices": -1}}, r"vtprune.options.chunk_slices must be >= 0"),
-        ({"method": "stc", "options": {"chunk_slices": 1.5}}, r"vtprune.options.chunk_slices must be an integer"),
+        (
+            {"method": "stc", "options": {"chunk_slices": 1.5}},
+            r"vtprune.options.chunk_slices must be an integer",
+        ),
         ({"method": "stc", "options": {"channel_keep_ratio": 0}}, r"vtprune.options.channel_keep_ratio"),
         ({"method": "stc", "options": {"alpha": "x"}}, r"vtprune.options.alpha must be a finite number"),
         ({"method": "vcast", "options": {"temperature": 0}}, r"vtprune.options.temperature must be > 0"),
-        ({"method": "vcast", "options": {"mask": "greedy"}},
-         r"vtprune.options.mask is not an option of method 'vcast'; choose from \['temperature'\]"),
-        ({"method": "none", "options": {"x": 1}}, r"vtprune.options.x is not an option of method 'none'; it takes"),
+        (
+            {"method": "vcast", "options": {"mask": "greedy"}},
+            r"vtprune.options.mask is not an option of method 'vcast'; choose from \['temperature'\]",
+        ),
+        (
+            {"method": "none", "options": {"x": 1}},
+            r"vtprune.options.x is not an option of method 'none'; it takes",
+        ),
     ],
 )
 def test_invalid_settings_name_the_key(settings_, message) -> None:

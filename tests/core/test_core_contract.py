@@ -13,10 +13,10 @@ from vllm_vtprune.core import (
     SelectionContractError,
     gather_rows,
     global_row_indices,
+    registry,
     select_tokens,
     total_budget,
 )
-from vllm_vtprune.core import registry
 from vllm_vtprune.core.registry import PruningMethod
 
 from .conftest import DTYPES, VARIANT_IDS, VARIANTS, make_config, make_features, videos
@@ -67,8 +67,11 @@ def test_contract_on_device(variant, device: str) -> None:
 
 
 @settings(deadline=None, max_examples=80)
-@given(batch=st.lists(videos(), min_size=2, max_size=4), dtype=st.sampled_from(DTYPES),
-       channels=st.sampled_from([3, 12]))
+@given(
+    batch=st.lists(videos(), min_size=2, max_size=4),
+    dtype=st.sampled_from(DTYPES),
+    channels=st.sampled_from([3, 12]),
+)
 def test_batch_invariance_and_determinism(batch: list[dict], dtype: torch.dtype, channels: int) -> None:
     """A video selects the same tokens alone, in a batch, in another order, and on a rerun.
 

@@ -67,7 +67,7 @@ def test_matches_vllm_evs_exactly(grid, q, seed, kind) -> None:
     t, h, w = grid
     if kind == "repeat":  # slices repeating the previous one: exact ties between d = 0 entries
         x = make_features((1, h, w), 8, seed).repeat(t, 1)
-        x[h * w * (t // 2):] += make_features((t - t // 2, h, w), 8, seed + 1)
+        x[h * w * (t // 2) :] += make_features((t - t // 2, h, w), 8, seed + 1)
     else:
         x = make_features(grid, 8, seed, kind)
     merge = 2

@@ -105,11 +105,20 @@ def test_rounds_repeat_only_when_needed_and_fall_back_when_isolated() -> None:
 def test_masked_pruning_invariants(grid, retention, min_k, mask, temporal, share, parity, alternate, kind, seed):
     t, h, w = grid
     min_k = min(min_k, h * w)
-    cfg = PruneConfig.from_dict({
-        "method": "mssavt", "retention": retention, "min_tokens_per_slice": min_k,
-        "options": {"mask": mask, "temporal": temporal, "temporal_share": share, "parity": parity,
-                    "alternate_parity": alternate},
-    })
+    cfg = PruneConfig.from_dict(
+        {
+            "method": "mssavt",
+            "retention": retention,
+            "min_tokens_per_slice": min_k,
+            "options": {
+                "mask": mask,
+                "temporal": temporal,
+                "temporal_share": share,
+                "parity": parity,
+                "alternate_parity": alternate,
+            },
+        }
+    )
     budget = total_budget(grid, cfg)
     x = make_features(grid, 6, seed, kind).view(t, h * w, 6)
     trace = trace_selection(x, grid, budget, cfg)

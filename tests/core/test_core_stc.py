@@ -78,15 +78,22 @@ def test_dual_anchor_weights_the_two_anchors() -> None:
 
 
 @settings(deadline=None, max_examples=40)
-@given(seed=st.integers(0, 10_000), retention=st.floats(0.05, 1.0),
-       strategy=st.sampled_from(["gaussian", "dual_anchor"]))
+@given(
+    seed=st.integers(0, 10_000),
+    retention=st.floats(0.05, 1.0),
+    strategy=st.sampled_from(["gaussian", "dual_anchor"]),
+)
 def test_screening_ignores_high_variance_channels(seed, retention, strategy) -> None:
     """With channel_keep_ratio 0.5, the two noisy channels never influence the selection."""
     grid = (3, 2, 3)
     quiet = make_features(grid, 2, seed) * 0.1
     noise_a, noise_b = (make_features(grid, 2, seed + k) * 100 for k in (1, 2))
     cfg = PruneConfig.from_dict(
-        {"method": "stc", "retention": retention, "options": {"strategy": strategy, "channel_keep_ratio": 0.5}}
+        {
+            "method": "stc",
+            "retention": retention,
+            "options": {"strategy": strategy, "channel_keep_ratio": 0.5},
+        }
     )
     first = select_tokens(torch.cat([quiet, noise_a], 1), [grid], [cfg])[0]
     second = select_tokens(torch.cat([noise_b[:, :1], quiet, noise_b[:, 1:]], 1), [grid], [cfg])[0]
@@ -94,8 +101,13 @@ def test_screening_ignores_high_variance_channels(seed, retention, strategy) -> 
 
 
 @settings(deadline=None, max_examples=40)
-@given(seed=st.integers(0, 10_000), t=st.integers(1, 7), chunk=st.integers(1, 3),
-       strategy=st.sampled_from(["gaussian", "dual_anchor"]), ratio=st.sampled_from([0.5, 1.0]))
+@given(
+    seed=st.integers(0, 10_000),
+    t=st.integers(1, 7),
+    chunk=st.integers(1, 3),
+    strategy=st.sampled_from(["gaussian", "dual_anchor"]),
+    ratio=st.sampled_from([0.5, 1.0]),
+)
 def test_chunk_slices_equals_feeding_chunks_one_call_at_a_time(seed, t, chunk, strategy, ratio) -> None:
     grid = (t, 2, 3)
     x = make_features(grid, 6, seed)
@@ -118,8 +130,7 @@ def test_chunk_slices_equals_feeding_chunks_one_call_at_a_time(seed, t, chunk, s
 def test_default_chunk_is_the_whole_call() -> None:
     x = make_features((4, 2, 2), 8, 3)
     default = select_tokens(x, [(4, 2, 2)], [PruneConfig(method="stc", retention=0.5)])[0]
-    explicit = select_tokens(x, [(4, 2, 2)], [PruneConfig(method="stc", retention=0.5,
-                                                          options={"chunk_slices": 4})])[0]
+    explicit = select_tokens(x, [(4, 2, 2)], [PruneConfig(method="stc", retention=0.5, options={"chunk_slices": 4})])[0]
     assert torch.equal(default.kept, explicit.kept) and default.state.memory_count == 1
     assert default.state.memory_sum.shape == (4,)  # half of the 8 channels
 

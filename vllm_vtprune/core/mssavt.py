@@ -53,7 +53,7 @@ from .ranking import stable_order, top_k_mask
 from .registry import PruningMethod, register_method
 from .similarity import row_norms, rows_cosine, shifted_row_cosines
 from .state import StreamState
-from .temporal import reference_offsets, temporal_drop
+from .temporal import STAGES_WITH_STATE, reference_offsets, temporal_drop
 
 if TYPE_CHECKING:
     from .budget import Grid
@@ -61,7 +61,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_STAGES_WITH_STATE = ("dtd", "evs")  # temporal stages that reference the previous chunk's last slice
 _ROUNDS_WITHOUT_CANDIDATES = 2  # after this many empty rounds in a row a slice uses the fallback ranking
 
 
@@ -204,7 +203,9 @@ def _previous_slice(state: StreamState | None, x: torch.Tensor, grid: Grid) -> t
     if tuple(state.last_slice.shape) != (h, w, x.shape[-1]):
         logger.debug(
             "MSSAVT: previous slice %s does not match grid %s x %d channels; slice 0 has no temporal reference",
-            tuple(state.last_slice.shape), grid, x.shape[-1],
+            tuple(state.last_slice.shape),
+            grid,
+            x.shape[-1],
         )
         return None
     return state.last_slice.to(x.device).view(h * w, -1)
@@ -228,12 +229,10 @@ def trace_selection(
     steps_back = sorted(set(reference_offsets(opts.temporal, t)) - {0})
     right, below, *back = shifted_row_cosines(flat, [1, w] + [d * hw for d in steps_back], norms)
     cosine_back = {d: cos.view(t - d, hw) for d, cos in zip(steps_back, back)}
-    previous = _previous_slice(state, x, grid) if opts.temporal in _STAGES_WITH_STATE else None
+    previous = _previous_slice(state, x, grid) if opts.temporal in STAGES_WITH_STATE else None
     first_slice_cosine = None if previous is None else rows_cosine(x[0], previous, norms[:hw])
     temporal_target = round(opts.temporal_share * to_prune)
-    dropped = temporal_drop(
-        opts.temporal, cosine_back, t, hw, temporal_target, floor, first_slice_cosine, x.device
-    )
+    dropped = temporal_drop(opts.temporal, cosine_back, t, hw, temporal_target, floor, first_slice_cosine, x.device)
     alive = ~dropped
     need = split_by_room(alive.sum(1) - floor, to_prune - dropped.sum())
     rounds, fallbacks = _spatial_rounds(neighbour_cosines(right, below, grid), alive, need, opts)
@@ -255,7 +254,7 @@ class MssavtPruner(PruningMethod):
         cls, x: torch.Tensor, grid: Grid, budget: int, cfg: PruneConfig, state: StreamState | None
     ) -> tuple[torch.Tensor, StreamState | None]:
         keep = trace_selection(x, grid, budget, cfg, state).keep
-        if cls.options(cfg).temporal not in _STAGES_WITH_STATE:
+        if cls.options(cfg).temporal not in STAGES_WITH_STATE:
             return keep, None
         _, h, w = grid
         last = x[-1].to(torch.float32, copy=True).view(h, w, -1)

@@ -10,9 +10,7 @@ from __future__ import annotations
 import torch
 
 
-def stable_order(
-    scores: torch.Tensor, *, descending: bool, eligible: torch.Tensor | None = None
-) -> torch.Tensor:
+def stable_order(scores: torch.Tensor, *, descending: bool, eligible: torch.Tensor | None = None) -> torch.Tensor:
     """Permutation sorting each row of ``scores``: eligible entries first, then by score, then by index."""
     order = torch.argsort(scores, dim=-1, descending=descending, stable=True)
     if eligible is not None:

@@ -60,9 +60,7 @@ def total_budget(grid: Grid, cfg: PruneConfig) -> int:
         )
     budget = get_method(cfg.method).total_budget(grid, cfg)
     if not 1 <= budget <= t * h * w:
-        raise ValueError(
-            f"method {cfg.method!r} asks for {budget} tokens but grid (T, H, W) = {grid} has {t * h * w}"
-        )
+        raise ValueError(f"method {cfg.method!r} asks for {budget} tokens but grid (T, H, W) = {grid} has {t * h * w}")
     return budget
 
 
@@ -138,9 +136,7 @@ def _check_contract(keep: torch.Tensor, grid: Grid, budget: int, cfg: PruneConfi
         raise SelectionContractError(f"{where} kept {kept} tokens; total_budget is {budget}")
     floor = min(cfg.min_tokens_per_slice, h * w)
     if budget >= t * floor and floor > 0 and bool((per_slice < floor).any()):
-        raise SelectionContractError(
-            f"{where} kept {per_slice.tolist()} tokens per slice, below the floor of {floor}"
-        )
+        raise SelectionContractError(f"{where} kept {per_slice.tolist()} tokens per slice, below the floor of {floor}")
     return per_slice
 
 

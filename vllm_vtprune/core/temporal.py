@@ -28,7 +28,7 @@ import torch
 from .budget import split_by_room
 from .ranking import top_k_mask
 
-TEMPORAL_STAGES = ("dtd", "dycoke", "evs", "none")
+STAGES_WITH_STATE = ("dtd", "evs")  # stages whose slice 0 can reference the previous chunk's last slice
 _DYCOKE_STEPS_BACK = (0, 1, 2, 1)  # slices back to the reference at each window position; 0 = window anchor
 
 
@@ -36,7 +36,7 @@ def reference_offsets(stage: str, t: int) -> list[int]:
     """For each of ``t`` slices, how many slices back its reference lies within the call (0: none)."""
     if stage == "dycoke":
         return [_DYCOKE_STEPS_BACK[s % 4] for s in range(t)]
-    if stage in ("dtd", "evs"):
+    if stage in STAGES_WITH_STATE:
         return [0] + [1] * (t - 1)
     return [0] * t
 
@@ -59,7 +59,7 @@ def temporal_drop(
         ``dtd`` and ``evs``.
     """
     offsets = reference_offsets(stage, grid_t)
-    has_reference = any(offsets) or (first_slice_cosine is not None and stage in ("dtd", "evs"))
+    has_reference = any(offsets) or (first_slice_cosine is not None and stage in STAGES_WITH_STATE)
     if target <= 0 or not has_reference:
         return torch.zeros(grid_t, hw, dtype=torch.bool, device=device)
     similarity = torch.zeros(grid_t, hw, device=device)
@@ -67,7 +67,7 @@ def temporal_drop(
         slices = torch.tensor([s for s in range(grid_t) if offsets[s] == steps], device=device)
         similarity[slices] = cosine_back[steps][slices - steps]
     referenced = [offset > 0 for offset in offsets]
-    if first_slice_cosine is not None and stage in ("dtd", "evs"):
+    if first_slice_cosine is not None and stage in STAGES_WITH_STATE:
         similarity[0] = first_slice_cosine
         referenced[0] = True
     room = torch.tensor(referenced, device=device).long() * (hw - floor)
