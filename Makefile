@@ -17,7 +17,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[$(BACKEND),test,bench,ray]' 2>&1 | { grep -v $(PIP_NOISE) || true; }
-	$(PY) -m vllm_vtprune.patches.cpu_packaging
+	$(PY) -m vllm_vtprune.cpu_env.repair
 	touch $@
 
 demo: setup

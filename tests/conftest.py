@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / ".artifacts"
 
@@ -21,3 +22,28 @@ def videos() -> dict[str, Path]:
     from vllm_vtprune.testing.videos import video_suite
 
     return video_suite(ARTIFACTS / "videos")
+
+
+@pytest.fixture(scope="session")
+def tiny_tower(tiny_model: str):
+    """vLLM's ``Qwen3_VisionTransformer`` with the tiny checkpoint's weights, CPU, fp32, weights packed by vLLM's
+    CPU GEMM dispatch exactly as when served."""
+    from vllm_vtprune.testing.tiny_qwen3vl import tiny_config
+    from vllm_vtprune.vision.standalone import build_vision_tower, release_parallel_state
+
+    tower = build_vision_tower(tiny_config(), checkpoint=tiny_model, dtype=torch.float32)
+    yield tower
+    release_parallel_state()
+
+
+def _stock(tower, pixel_values: torch.Tensor, grid: list[list[int]]) -> list[torch.Tensor]:
+    """What vLLM 0.32.0's ``_process_video_input`` does: one tower call, split per video."""
+    with torch.inference_mode():
+        out = tower(pixel_values, grid_thw=torch.tensor(grid))
+    return list(out.split([t * h * w // 4 for t, h, w in grid]))
+
+
+@pytest.fixture(scope="session")
+def stock():
+    """``stock(tower, pixel_values, grid) -> per-video outputs`` of the unmodified tower call."""
+    return _stock

@@ -32,14 +32,33 @@ def activate_in_process(settings: VtpruneSettings) -> None:
         return
     from vllm import ModelRegistry
 
-    from vllm_vtprune.patches import request_mm_kwargs
+    from vllm_vtprune import compat, patches
 
+    compat.check()
     for arch, cls in MODEL_OVERRIDES.items():
         ModelRegistry.register_model(arch, cls)
-    request_mm_kwargs.apply()
+    patches.apply_active()
     _active = settings
     logger.info("vtprune active in process %s (pid %d): %s",
                 multiprocessing.current_process().name, os.getpid(), settings.to_json())
+
+
+# vLLM calls a model's multimodal-pruning hooks (``recompute_mrope_positions``) only while its video-pruning
+# switch is on. The plugin places pruned tokens through those hooks, so it turns the switch on for its engines;
+# the method and rate vLLM would use are never read (the plugin's processor and model replace every use).
+_HOOKS_METHOD, _HOOKS_RATE = "evs", 0.5
+
+
+def route_through_pruning_hooks(engine_args) -> None:
+    """Turn on vLLM's multimodal-pruning hooks for the engine these arguments build."""
+    if getattr(engine_args, "_vtprune_hooks", False):
+        return
+    if engine_args.video_pruning_rate:
+        raise ValueError("--video-pruning-rate is vLLM's own EVS; with --plugin vtprune use --vtprune-method evs "
+                         "--vtprune-retention R instead")
+    engine_args.video_pruning_method = _HOOKS_METHOD
+    engine_args.video_pruning_rate = _HOOKS_RATE
+    engine_args._vtprune_hooks = True
 
 
 def check_model_supported(vllm_config) -> None:

@@ -77,6 +77,11 @@ class WorkerMetrics:
             self.tower_seconds_saved = Counter("vtprune:vision_tower_seconds_saved",
                                                "Estimated vision-tower time saved by the slice cache and STC-Cacher.",
                                                registry=None)
+            self.selection_fallbacks = Counter("vtprune:selection_fallbacks",
+                                               "Videos whose method failed and got an evenly spaced selection.",
+                                               registry=None)
+            self.unplaced_rows = Counter("vtprune:unplaced_position_rows",
+                                         "Steps whose pruned rows could not be mapped to the prompt.", registry=None)
 
     def record_encode(self, stats) -> None:
         """Account one ``VideoEncoder.encode`` call (``vllm_vtprune.vision.EncodeStats``)."""

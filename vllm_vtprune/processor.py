@@ -1,63 +1,38 @@
-"""Qwen3-VL's multimodal processor, sizing each video's placeholder from the pruning budget.
+"""Qwen3-VL's multimodal processor with each video's placeholder sized by its pruning settings.
 
 Runs in the API server (and in the engine core for profiling). For every video it
-- resolves the request's effective settings (server settings + ``mm_processor_kwargs["vtprune"]``), and
+- resolves the request's effective settings (server settings + ``mm_processor_kwargs["vtprune"]``) once and
   rejects an invalid override with a ``ValueError``, which vLLM answers with HTTP 400;
-- ships them with the item (field ``vtprune_config``), so processor-cache hits and the worker see the same;
-- mixes their digest into the item's hash, so two requests with the same video and different settings never
-  share an encoder-cache or prefix-cache entry;
-- lays the placeholder out exactly as Qwen3-VL does (per slice: timestamp, vision start, pads, vision end),
-  with the *total* number of pads fixed by the budget. The whole range carries embeddings (timestamps
-  included), because methods may move pads between slices after the tower; the model fills it.
+- decides the video's layout (``layout``) and ships it with the item (``wire``), so processor-cache hits and
+  the worker see the same;
+- mixes the settings into the item's hash, so two requests with the same video and different settings never
+  share an encoder-cache or prefix-cache entry.
 """
 
 from __future__ import annotations
 
 import contextvars
-import json
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from vllm.model_executor.models.qwen3_vl import Qwen3VLMultiModalProcessor
+from vllm.model_executor.models.qwen3_vl import Qwen3VLMultiModalProcessor, Qwen3VLProcessingInfo
 from vllm.multimodal.hasher import MultiModalHasher
 from vllm.multimodal.inputs import MultiModalFieldConfig
-from vllm.multimodal.processing import PromptReplacement
+from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails
 
-from vllm_vtprune.core import PruneConfig, total_budget
+from vllm_vtprune.layout import TokenIds, VideoLayout, plan_layout, text_row_allowance, timestamp_ids
 from vllm_vtprune.log import get_logger
 from vllm_vtprune.metrics import api_server_metrics
-from vllm_vtprune.settings import REQUEST_KEY, VtpruneSettings, settings_from_env
+from vllm_vtprune.settings import REQUEST_KEY, VtpruneSettings, server_settings
 from vllm_vtprune.vision import slice_key_salt, slice_keys
+from vllm_vtprune.wire import PLAN_FIELD, SLICE_KEYS_FIELD, ItemPlan, decode_plan, empty_slice_keys
 
 logger = get_logger(__name__)
 
-CONFIG_FIELD = "vtprune_config"
-SLICE_KEYS_FIELD = "vtprune_slice_keys"  # int64 [T, 2] content key per temporal slice; [0, 2] when unused
-
-
-def encode_settings(settings: VtpruneSettings) -> torch.Tensor:
-    return torch.frombuffer(bytearray(settings.to_json().encode()), dtype=torch.uint8)
-
-
-def decode_settings(data: torch.Tensor) -> VtpruneSettings:
-    return VtpruneSettings.from_dict(json.loads(bytes(data.tolist()).decode()))
-
-
-def nominal_split(total: int, num_slices: int, capacity: int) -> list[int]:
-    """An even split of ``total`` pads over the slices, for the prompt's token ids only: the model may
-    move pads between slices (the range is filled with embeddings as a whole)."""
-    base, extra = divmod(total, num_slices)
-    split = [base + (t < extra) for t in range(num_slices)]
-    assert max(split) <= capacity
-    return split
-
-
-def llm_grid(video_grid_thw: Sequence[int], merge_size: int) -> tuple[int, int, int]:
-    t, h, w = (int(v) for v in video_grid_thw)
-    return t, h // merge_size, w // merge_size
+_PROFILING = contextvars.ContextVar("vtprune_profiling", default=False)  # vLLM's dummy requests: not counted
 
 
 @dataclass(frozen=True)
@@ -87,7 +62,25 @@ class _Accounts:
 
 
 ACCOUNTS = _Accounts()
-_PROFILING = contextvars.ContextVar("vtprune_profiling", default=False)  # vLLM's dummy requests: not counted
+
+
+def llm_grid(video_grid_thw: Sequence[int], merge_size: int) -> tuple[int, int, int]:
+    t, h, w = (int(v) for v in video_grid_thw)
+    return t, h // merge_size, w // merge_size
+
+
+class VtpruneQwen3VLProcessingInfo(Qwen3VLProcessingInfo):
+    def text_row_allowance(self) -> int:
+        processor = self.get_video_processor()
+        return text_row_allowance(self.get_tokenizer(), processor.max_frames // processor.temporal_patch_size)
+
+    def get_mm_max_tokens_per_item(self, seq_len: int, mm_counts: Mapping[str, int]) -> Mapping[str, int]:
+        # A pruned video's placeholder may carry text rows as embeddings (layout.py): reserve room for them
+        # in vLLM's encoder budget so that every video vanilla vLLM accepts is accepted.
+        tokens = dict(super().get_mm_max_tokens_per_item(seq_len, mm_counts))
+        if "video" in tokens:
+            tokens["video"] += self.text_row_allowance()
+        return tokens
 
 
 class VtpruneQwen3VLProcessor(Qwen3VLMultiModalProcessor):
@@ -98,15 +91,16 @@ class VtpruneQwen3VLProcessor(Qwen3VLMultiModalProcessor):
         finally:
             _PROFILING.reset(token)
 
+    @property
+    def _merge(self) -> int:
+        return self.info.get_hf_config().vision_config.spatial_merge_size
+
     def apply(self, inputs, timing_ctx):
         result = super().apply(inputs, timing_ctx)
-        merge = self.info.get_hf_config().vision_config.spatial_merge_size
         extra_positions = 0  # how much further the unpruned prompt reaches than this one
         for item, mm_hash in zip(result["mm_kwargs"].get("video", []), result["mm_hashes"].get("video", [])):
             if item is not None:
-                prune = decode_settings(item[CONFIG_FIELD].data).prune
-                t, h, w = llm_grid(item["video_grid_thw"].data.tolist(), merge)
-                ACCOUNTS.put(mm_hash, VideoAccount(prune.method, t * h * w, total_budget((t, h, w), prune)))
+                ACCOUNTS.put(mm_hash, video_account(item, self._merge))
             account = ACCOUNTS.get(mm_hash)
             if account is None:
                 logger.warning("vtprune: no record of cached video %s; not counted", mm_hash)
@@ -117,14 +111,15 @@ class VtpruneQwen3VLProcessor(Qwen3VLMultiModalProcessor):
             logger.debug("vtprune: video %s: %s keeps %d of %d tokens", mm_hash, account.method, account.kept,
                          account.unpruned)
         limit = self.info.get_hf_config().text_config.max_position_embeddings
-        if len(result["prompt_token_ids"]) + extra_positions > limit:
-            raise ValueError(f"the unpruned prompt would need {len(result['prompt_token_ids']) + extra_positions} "
-                             f"positions; this model has {limit} (pruned tokens keep their original positions)")
+        needed = len(result["prompt_token_ids"]) + extra_positions
+        if needed > limit:
+            raise ValueError(f"the unpruned prompt would need {needed} positions; this model has {limit} "
+                             "(pruned tokens keep their original positions)")
         return result
 
     def _effective_settings(self, hf_kwargs: Mapping[str, object]) -> VtpruneSettings:
         merged = self.info._merge_and_resolve_mm_processor_kwargs(hf_kwargs)
-        return (settings_from_env() or VtpruneSettings()).merged(merged.get(REQUEST_KEY))
+        return server_settings().merged(merged.get(REQUEST_KEY))
 
     @staticmethod
     def _without_ours(hf_kwargs: Mapping[str, object]) -> dict[str, object]:
@@ -143,61 +138,63 @@ class VtpruneQwen3VLProcessor(Qwen3VLMultiModalProcessor):
     def _apply_hf_processor_main(self, mm_items, hf_kwargs):
         settings = self._effective_settings(hf_kwargs)
         processed = super()._apply_hf_processor_main(mm_items, self._without_ours(hf_kwargs))
-        if "video_grid_thw" in processed:
-            merge = self.info.get_hf_config().vision_config.spatial_merge_size
-            grids = processed["video_grid_thw"].tolist()
-            for grid in grids:  # fail here, with a 400, not in the worker
-                total_budget(llm_grid(grid, merge), settings.prune)
-            processed[CONFIG_FIELD] = [encode_settings(settings)] * len(grids)
-            processed[SLICE_KEYS_FIELD] = self._slice_keys(processed["pixel_values_videos"], grids, settings)
+        if "video_grid_thw" not in processed:
+            return processed
+        grids = processed["video_grid_thw"].tolist()
+        tokenizer = self.info.get_tokenizer()
+        allowance = self.info.text_row_allowance()
+        pixels = processed["pixel_values_videos"].split([t * h * w for t, h, w in grids])
+        plans, keys = [], []
+        for grid, timestamps, px in zip(grids, processed["timestamps"], pixels):
+            layout = plan_layout(llm_grid(grid, self._merge), timestamps, settings.prune, tokenizer, allowance)
+            plans.append(ItemPlan(settings, layout.kept, self._stream_item(settings, px)).encode())
+            keys.append(self._slice_keys(px, grid, settings))
+        processed[PLAN_FIELD] = plans
+        processed[SLICE_KEYS_FIELD] = keys
         return processed
 
-    def _slice_keys(self, pixels: torch.Tensor, grids: list[list[int]], settings: VtpruneSettings):
+    def _stream_item(self, settings: VtpruneSettings, pixels: torch.Tensor) -> str | None:
+        """Names the item within its stream, so a video encoded twice advances its stream once (stateful
+        methods only: their selection depends on the stream's history)."""
+        if settings.stream_id is None or not settings.prune.stateful:
+            return None
+        return slice_keys(pixels, [1, pixels.shape[0], 1], settings.to_json().encode()).numpy().tobytes().hex()
+
+    def _slice_keys(self, pixels: torch.Tensor, grid: list[int], settings: VtpruneSettings) -> torch.Tensor:
         """Per-slice content keys, hashed here where the pixels already are. None are made for vLLM's profiling
         dummies (their identical slices would otherwise be computed once and hide the tower's peak memory)."""
         if not (settings.slice_cache and settings.slice_cache_mb > 0) or _PROFILING.get():
-            return [torch.zeros(0, 2, dtype=torch.int64) for _ in grids]
+            return empty_slice_keys()
         model_config = self.info.ctx.model_config
-        salt = slice_key_salt(model_config.model, model_config.revision)
-        rows = [t * h * w for t, h, w in grids]
-        return [slice_keys(p, g, salt) for p, g in zip(pixels.split(rows), grids)]
+        return slice_keys(pixels, grid, slice_key_salt(model_config.model, model_config.revision))
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
         fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
-        fields[CONFIG_FIELD] = MultiModalFieldConfig.batched("video", keep_on_cpu=True)
-        fields[SLICE_KEYS_FIELD] = MultiModalFieldConfig.batched("video", keep_on_cpu=True)
+        for name in (PLAN_FIELD, SLICE_KEYS_FIELD):
+            fields[name] = MultiModalFieldConfig.batched("video", keep_on_cpu=True)
         return fields
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
-        updates = list(super()._get_prompt_updates(mm_items, self._without_ours(hf_processor_mm_kwargs),
-                                                   out_mm_kwargs))
-        hf_config = self.info.get_hf_config()
+        updates = super()._get_prompt_updates(mm_items, self._without_ours(hf_processor_mm_kwargs), out_mm_kwargs)
+        ids = TokenIds.from_hf_config(self.info.get_hf_config())
         tokenizer = self.info.get_tokenizer()
-        merge = hf_config.vision_config.spatial_merge_size
 
-        def pruned_video_replacement(item_idx: int):
+        def video_replacement(item_idx: int) -> PromptUpdateDetails:
             item = out_mm_kwargs["video"][item_idx]
-            settings = decode_settings(item[CONFIG_FIELD].data)
-            t, h, w = llm_grid(item["video_grid_thw"].data.tolist(), merge)
-            split = nominal_split(total_budget((t, h, w), settings.prune), t, h * w)
-            return self.get_video_repl(
-                tokens_per_frame=split,
-                timestamps=item["timestamps"].data,
-                tokenizer=tokenizer,
-                vision_start_token_id=hf_config.vision_start_token_id,
-                vision_end_token_id=hf_config.vision_end_token_id,
-                video_token_id=hf_config.video_token_id,
-                select_token_id=False,  # the whole range carries embeddings
-            )
+            layout = VideoLayout(llm_grid(item["video_grid_thw"].data.tolist(), self._merge),
+                                 timestamp_ids(tokenizer, item["timestamps"].data),
+                                 decode_plan(item[PLAN_FIELD].data).kept)
+            # Exact: only pads carry embeddings, as in vLLM. Dynamic: the pads are exactly the middle.
+            return PromptUpdateDetails.select_token_id(layout.prompt_ids(ids), ids.video_pad)
 
         return [
-            PromptReplacement(modality="video", target=u.target, replacement=pruned_video_replacement)
+            PromptReplacement(modality="video", target=u.target, replacement=video_replacement)
             if u.modality == "video" else u
             for u in updates
         ]
 
 
-def item_prune_config(data: Mapping[str, Any]) -> PruneConfig | None:
-    """The pruning config carried by a processed video item, or None for items we did not process."""
-    field = data.get(CONFIG_FIELD) if hasattr(data, "get") else None
-    return None if field is None else decode_settings(field.data).prune
+def video_account(item: Mapping[str, Any], merge: int) -> VideoAccount:
+    plan = decode_plan(item[PLAN_FIELD].data)
+    t, h, w = llm_grid(item["video_grid_thw"].data.tolist(), merge)
+    return VideoAccount(plan.settings.prune.method, t * h * w, plan.kept)

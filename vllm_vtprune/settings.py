@@ -8,6 +8,7 @@ vLLM's Ray executor copies every ``VLLM_*`` variable to its workers. A request m
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -32,7 +33,7 @@ def load_preset(name: str) -> dict[str, Any]:
     return json.loads(resources.files("vllm_vtprune.configs").joinpath(f"{name}.json").read_text())
 
 
-SERVER_ONLY_KEYS = ("slice_cache_mb",)
+SERVER_ONLY_KEYS = ("slice_cache_mb", "stream_state_mb")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class VtpruneSettings:
     cacher: CacherConfig = field(default_factory=CacherConfig)  # STC-Cacher inside the vision tower
     slice_cache: bool = True  # use the worker's exact per-slice tower cache, when the server has one
     slice_cache_mb: int = 0  # server-wide: each worker's slice-cache budget; 0 turns the cache off
+    stream_state_mb: int = 64  # server-wide: each worker's budget for stream state (on the CPU)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> VtpruneSettings:
@@ -58,16 +60,17 @@ class VtpruneSettings:
         slice_cache = d.pop("slice_cache", True)
         if not isinstance(slice_cache, bool):
             raise ValueError(f"vtprune.slice_cache must be true or false, got {slice_cache!r}")
-        slice_cache_mb = d.pop("slice_cache_mb", 0)
-        if isinstance(slice_cache_mb, bool) or not isinstance(slice_cache_mb, int) or slice_cache_mb < 0:
-            raise ValueError(f"vtprune.slice_cache_mb must be an integer >= 0, got {slice_cache_mb!r}")
+        sizes = {key: d.pop(key, default) for key, default in (("slice_cache_mb", 0), ("stream_state_mb", 64))}
+        for key, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"vtprune.{key} must be an integer >= 0, got {value!r}")
         cacher = CacherConfig.from_dict(d.pop("cacher", None))
         return cls(prune=PruneConfig.from_dict(d), stream_id=stream_id, cacher=cacher, slice_cache=slice_cache,
-                   slice_cache_mb=slice_cache_mb)
+                   **sizes)
 
     def to_dict(self) -> dict[str, Any]:
         d = {**self.prune.to_dict(), "cacher": self.cacher.to_dict(), "slice_cache": self.slice_cache,
-             "slice_cache_mb": self.slice_cache_mb}
+             "slice_cache_mb": self.slice_cache_mb, "stream_state_mb": self.stream_state_mb}
         if self.stream_id is not None:
             d["stream_id"] = self.stream_id
         return d
@@ -88,7 +91,7 @@ class VtpruneSettings:
         base = self.to_dict()
         base.pop("stream_id", None)
         if "preset" in override or override.get("method", base["method"]) != base["method"]:
-            base = {k: base[k] for k in ("cacher", "slice_cache", "slice_cache_mb")}
+            base = {k: base[k] for k in ("cacher", "slice_cache", *SERVER_ONLY_KEYS)}
         merged = {**base, **override}
         for nested in ("options", "cacher"):  # a partial override of a nested object keeps the rest
             if isinstance(override.get(nested), Mapping):
@@ -96,7 +99,17 @@ class VtpruneSettings:
         return VtpruneSettings.from_dict(merged)
 
 
+@functools.lru_cache(maxsize=4)
+def _parse(raw: str) -> VtpruneSettings:
+    return VtpruneSettings.from_dict(json.loads(raw))
+
+
 def settings_from_env() -> VtpruneSettings | None:
     """The active server-wide settings, or None when the plugin is not enabled in this process."""
     raw = os.environ.get(ENV_VAR)
-    return VtpruneSettings.from_dict(json.loads(raw)) if raw else None
+    return _parse(raw) if raw else None
+
+
+def server_settings() -> VtpruneSettings:
+    """The server-wide settings, or the defaults where the plugin is not enabled (tests, tools)."""
+    return settings_from_env() or VtpruneSettings()

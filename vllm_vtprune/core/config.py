@@ -85,6 +85,11 @@ class PruneConfig:
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    @property
+    def stateful(self) -> bool:
+        """Whether selection under this config follows a stream's history (see ``PruningMethod``)."""
+        return get_method(self.method).uses_stream_state(self)
+
     def option(self, name: str) -> Any:
         """Value of one method option; KeyError naming the method's options otherwise."""
         for key, value in self.options:

@@ -208,7 +208,7 @@ def _previous_slice(state: StreamState | None, x: torch.Tensor, grid: Grid) -> t
             x.shape[-1],
         )
         return None
-    return state.last_slice.to(x.device).view(h * w, -1)
+    return state.last_slice.to(x.device, torch.float32).view(h * w, -1)
 
 
 def trace_selection(
@@ -245,6 +245,10 @@ class MssavtPruner(PruningMethod):
     Options = MssavtOptions
 
     @classmethod
+    def uses_stream_state(cls, cfg: PruneConfig) -> bool:
+        return cls.options(cfg).temporal in STAGES_WITH_STATE
+
+    @classmethod
     def total_budget(cls, grid: Grid, cfg: PruneConfig) -> int:
         t, h, w = grid
         return max(t * cfg.min_tokens_per_slice, ratio_budget(t * h * w, cfg.retention))
@@ -254,8 +258,8 @@ class MssavtPruner(PruningMethod):
         cls, x: torch.Tensor, grid: Grid, budget: int, cfg: PruneConfig, state: StreamState | None
     ) -> tuple[torch.Tensor, StreamState | None]:
         keep = trace_selection(x, grid, budget, cfg, state).keep
-        if cls.options(cfg).temporal not in STAGES_WITH_STATE:
+        if not cls.uses_stream_state(cfg):
             return keep, None
         _, h, w = grid
-        last = x[-1].to(torch.float32, copy=True).view(h, w, -1)
+        last = x[-1].clone().view(h, w, -1)  # the features' own dtype: fp32 at use, same values
         return keep, StreamState(method=cls.name, last_slice=last)

@@ -43,6 +43,12 @@ class PruningMethod:
         return cls.Options(**dict(cfg.options))
 
     @classmethod
+    def uses_stream_state(cls, cfg: PruneConfig) -> bool:
+        """Whether ``select`` reads and returns a ``StreamState`` under ``cfg`` (its selection then depends on
+        the stream's earlier chunks)."""
+        return False
+
+    @classmethod
     def total_budget(cls, grid: Grid, cfg: PruneConfig) -> int:
         """Tokens kept for a video of this grid; a pure function of ``grid`` and ``cfg``."""
         raise NotImplementedError

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .budget import Grid, check_grid
+from .budget import Grid, check_grid, split_by_room
 from .config import PruneConfig
 from .registry import get_method
 from .state import StreamState
@@ -70,12 +70,16 @@ def select_tokens(
     grids: Sequence[Grid],
     configs: Sequence[PruneConfig],
     states: Sequence[StreamState | None] | None = None,
+    budgets: Sequence[int] | None = None,
 ) -> list[Selection]:
     """Select the kept tokens of each video in a batch.
 
     features: [sum_i T_i*H_i*W_i, C] post-merger embeddings of the videos, concatenated in order, rows t-major
         then raster (h, w); fp32, bf16 or fp16, on any device. Scores are computed in fp32.
     grids, configs, states: one per video; ``states`` defaults to no state for every video.
+    budgets: tokens to keep per video, in ``[1, T*H*W]``; default ``total_budget(grid, cfg)``. A caller that
+        sizes placeholders by another rule (the vLLM adapter caps a budget by what vLLM's encoder cache accepts)
+        passes its own; methods take any budget.
     Returns one Selection per video, with indices on the features' device.
     """
     grids = [check_grid(g) for g in grids]
@@ -84,6 +88,9 @@ def select_tokens(
     states = [None] * len(grids) if states is None else list(states)
     if len(states) != len(grids):
         raise ValueError(f"got {len(grids)} grids but {len(states)} stream states")
+    budgets = [total_budget(g, c) for g, c in zip(grids, configs)] if budgets is None else list(budgets)
+    if len(budgets) != len(grids):
+        raise ValueError(f"got {len(grids)} grids but {len(budgets)} budgets")
     if features.ndim != 2 or not features.is_floating_point():
         raise ValueError(f"features must be a 2-D float tensor [rows, C], got {features.dtype} {features.shape}")
     expected_rows = sum(t * h * w for t, h, w in grids)
@@ -92,11 +99,11 @@ def select_tokens(
 
     selections = []
     start = 0
-    for grid, cfg, state in zip(grids, configs, states):
+    for grid, cfg, state, budget in zip(grids, configs, states, budgets):
         t, h, w = grid
         rows = features[start : start + t * h * w]
         start += t * h * w
-        selections.append(_select_video(_video_features(rows, grid), grid, cfg, state))
+        selections.append(_select_video(_video_features(rows, grid), grid, cfg, state, budget))
     return selections
 
 
@@ -114,8 +121,10 @@ def _video_features(rows: torch.Tensor, grid: Grid) -> torch.Tensor:
     return rows.view(t, h * w, rows.shape[-1])
 
 
-def _select_video(x: torch.Tensor, grid: Grid, cfg: PruneConfig, state: StreamState | None) -> Selection:
-    budget = total_budget(grid, cfg)
+def _select_video(x: torch.Tensor, grid: Grid, cfg: PruneConfig, state: StreamState | None, budget: int) -> Selection:
+    t, h, w = grid
+    if not 1 <= budget <= t * h * w:
+        raise ValueError(f"budget {budget} is outside [1, {t * h * w}] for grid (T, H, W) = {grid}")
     if state is not None and state.method != cfg.method:
         raise ValueError(f"stream state of method {state.method!r} cannot be used with method {cfg.method!r}")
     keep, new_state = get_method(cfg.method).select(x, grid, budget, cfg, state)
@@ -158,3 +167,20 @@ def global_row_indices(selections: Sequence[Selection], grids: Sequence[Grid]) -
         parts.append(sel.kept + offset)
         offset += t * h * w
     return torch.cat(parts)
+
+
+def uniform_selection(grid: Grid, budget: int) -> Selection:
+    """A deterministic selection of exactly ``budget`` tokens that needs no features: the budget split evenly
+    over the slices (earlier slices first), evenly spaced cells within each. The vLLM adapter falls back to it
+    when a method fails on a request, because the placeholder was sized before the tower and must be filled."""
+    t, h, w = check_grid(grid)
+    hw = h * w
+    if not 1 <= budget <= t * hw:
+        raise ValueError(f"budget {budget} is outside [1, {t * hw}] for grid (T, H, W) = {grid}")
+    per_slice = split_by_room(torch.full((t,), hw, dtype=torch.long), budget)
+    j = torch.arange(hw)
+    cells = ((2 * j + 1) * hw).unsqueeze(0) // (2 * per_slice.clamp_min(1)).unsqueeze(1)  # [T, HW]
+    chosen = j.unsqueeze(0) < per_slice.unsqueeze(1)  # the first k_t spaced cells of slice t are distinct
+    keep = torch.zeros(t, hw, dtype=torch.bool)
+    keep[torch.arange(t).unsqueeze(1).expand(t, hw)[chosen], cells[chosen]] = True
+    return Selection(kept=keep.flatten().nonzero().flatten(), per_slice=per_slice, state=None)

@@ -17,9 +17,9 @@ class StreamState:
     """Memory of one video stream for one method.
 
     method: registry name of the method that produced it; handing it to another method is an error.
-    last_slice: [H, W, C] fp32, the previous chunk's last temporal slice, unpruned. MSSAVT's temporal stage
-        compares the next chunk's first slice with it, as TimeChat-Online's DTD compares each frame with the
-        full previous frame.
+    last_slice: [H, W, C] in the features' dtype, the previous chunk's last temporal slice, unpruned. MSSAVT's
+        temporal stage compares the next chunk's first slice with it, as TimeChat-Online's DTD compares each
+        frame with the full previous frame.
     memory_sum, memory_count: STC-Pruner's memory of chunk means, kept as a running sum [C'] fp32 and a count so
         that the state stays O(C) however long the stream (the official pruner keeps the list of means and
         averages it; the result is the same up to float rounding).

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from .budget import ratio_budget
+from .budget import ratio_budget, split_by_room
 from .options import MethodOptions, option_error
 from .ranking import top_k_mask
 from .registry import PruningMethod, register_method
@@ -142,6 +142,10 @@ class StcPruner(PruningMethod):
     Options = StcOptions
 
     @classmethod
+    def uses_stream_state(cls, cfg: PruneConfig) -> bool:
+        return True
+
+    @classmethod
     def total_budget(cls, grid: Grid, cfg: PruneConfig) -> int:
         t, h, w = grid
         return t * max(cfg.min_tokens_per_slice, ratio_budget(h * w, cfg.retention))
@@ -162,5 +166,8 @@ class StcPruner(PruningMethod):
             if stop > start:
                 scores, memory = _score_chunks(x[start:stop], size, kept_channels, memory, opts)
                 parts.append(scores)
-        keep = top_k_mask(torch.cat(parts), budget // t, largest=opts.strategy == "dual_anchor")
+        # The same count per slice, as released (a caller's budget that t does not divide gives the first
+        # slices one more).
+        per_slice = split_by_room(torch.full((t,), x.shape[1], device=x.device), budget)
+        keep = top_k_mask(torch.cat(parts), per_slice, largest=opts.strategy == "dual_anchor")
         return keep, StreamState(method=cls.name, memory_sum=memory.total, memory_count=memory.count)

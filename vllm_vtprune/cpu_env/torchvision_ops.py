@@ -8,7 +8,7 @@ so *every* image and video processor (Qwen3-VL's included) then fails to import.
 What: define the two op schemas, without kernels, just before torchvision is first imported. torchvision's
 Python transforms, which is all the Qwen3-VL processors use, then work; its C++ ops stay unavailable.
 
-How it runs: the environment setup (``python -m vllm_vtprune.env_setup``) installs a ``.pth`` file that calls
+How it runs: the environment setup (``python -m vllm_vtprune.cpu_env.repair``) installs a ``.pth`` file that calls
 :func:`install` at interpreter start-up, only when it finds torchvision broken. A plugin's ``register()``
 would be too late: vLLM imports transformers' image utilities before it loads general plugins. The hook is
 lazy (a meta-path finder), so interpreters that never import torchvision never import torch for it.

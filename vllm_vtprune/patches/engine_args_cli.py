@@ -17,7 +17,6 @@ import json
 from typing import Any
 
 from vllm.engine.arg_utils import EngineArgs
-from vllm_vtprune.patches._version_guard import vllm_supported
 
 from vllm_vtprune import activation
 from vllm_vtprune.settings import REQUEST_KEY, VtpruneSettings, preset_names
@@ -32,6 +31,7 @@ _FLAGS = {
     "vtprune_options": "options",
     "vtprune_cacher": "cacher",
     "vtprune_slice_cache_mb": "slice_cache_mb",
+    "vtprune_stream_state_mb": "stream_state_mb",
 }
 
 
@@ -76,6 +76,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                        help='STC-Cacher in the vision tower, e.g. \'{"enabled": true, "recompute_ratio": 0.25}\'.')
     group.add_argument("--vtprune-slice-cache-mb", type=_non_negative_int,
                        help="Per-worker budget of the exact per-slice vision-tower cache (MiB); 0 = off.")
+    group.add_argument("--vtprune-stream-state-mb", type=_non_negative_int,
+                       help="Per-worker budget of the selection state of streams (MiB, on the CPU; default 64).")
 
 
 def settings_from_args(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -97,7 +99,7 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def apply() -> None:
-    if getattr(EngineArgs, "_vtprune_patched", False) or not vllm_supported(__name__):
+    if getattr(EngineArgs, "_vtprune_patched", False):
         return
     original_add = EngineArgs.add_cli_args
     original_from = EngineArgs.from_cli_args.__func__
@@ -119,6 +121,7 @@ def apply() -> None:
         settings = (self.additional_config or {}).get(REQUEST_KEY)
         if settings is not None:
             activation.activate(VtpruneSettings.from_dict(settings))
+            activation.route_through_pruning_hooks(self)
         config = original_create(self, *args, **kwargs)
         if settings is not None:
             activation.check_model_supported(config)
