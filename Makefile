@@ -10,7 +10,7 @@ STAMP := $(VENV)/.vtprune-setup-$(BACKEND)
 # The machines' pip config points at local file indexes that lack most packages; hide that noise only.
 PIP_NOISE := '^WARNING: Location .* is ignored'
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,9 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks.serving
+
+gpu-check: setup
+	$(PY) -m vllm_vtprune.testing.gpu_check
 
 clean:
 	rm -rf $(VENV) .artifacts

@@ -1,7 +1,9 @@
 """Real ``vllm serve`` processes on localhost, started once per session and shared by the serving tests.
 
-Each server costs ~30 s to start on the 2-core CI machine, so tests reuse a few servers and vary the
-pruning settings per request (``mm_processor_kwargs={"vtprune": ...}``) rather than per server.
+Each server costs 30-60 s to start on the 2-core CI machine, so tests reuse a few servers and vary the
+pruning settings per request (``mm_processor_kwargs={"vtprune": ...}``) rather than per server. They run
+vLLM's compiled path (no ``--enforce-eager``), the closest this CPU machine gets to what GPU users run;
+``tests/adapter/test_runner_positions.py`` covers eager too.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts"
 
 
 def _serve(model: str, name: str, args: list[str], env: dict[str, str] | None = None) -> Iterator[VllmServer]:
-    with VllmServer(model, [*args, *TINY_ARGS], env=env, log_path=ARTIFACTS / f"server-{name}.log") as server:
+    compiled = [a for a in TINY_ARGS if a != "--enforce-eager"]
+    with VllmServer(model, [*args, *compiled], env=env, log_path=ARTIFACTS / f"server-{name}.log") as server:
         yield server
 
 
