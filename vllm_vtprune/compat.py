@@ -19,6 +19,7 @@ SYMBOLS = (
     "vllm.engine.arg_utils:EngineArgs.from_cli_args",
     "vllm.engine.arg_utils:EngineArgs.create_engine_config",
     "vllm.renderers.online_renderer:validate_request_mm_kwargs",
+    "vllm.v1.engine.input_processor:InputProcessor.process_inputs",
     "vllm.multimodal.hasher:MultiModalHasher.hash_kwargs",
     "vllm.multimodal.encoder_budget:MultiModalBudget",
     "vllm.multimodal.processing:PromptUpdateDetails.select_token_id",

@@ -15,16 +15,36 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, Counter, Histogram, values
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, values
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from vllm_vtprune.bounded import BoundedLRU
 
 METRICS_DIR_ENV = "VLLM_VTPRUNE_METRICS_DIR"
 _TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+@dataclass(frozen=True)
+class VideoAccount:
+    """What a video item's placeholder holds."""
+
+    method: str
+    unpruned: int
+    kept: int
+
+
 class ApiServerMetrics:
+    """Counters of the videos the API server admitted to the engine.
+
+    The processor remembers each video item's account by hash; a request counts once vLLM has accepted it (a
+    request refused afterwards, e.g. by the encoder budget, counts nothing). On a processor-cache hit the API
+    server gets the item back without its data, so the account it remembered is what counts. 2**16 entries
+    outlast every item the processor cache can hold (video items are megabytes, it holds 4 GiB)."""
+
     def __init__(self) -> None:
+        self.accounts: BoundedLRU[VideoAccount] = BoundedLRU(2**16, lambda key, value: 1)
         self.videos = Counter("vtprune:videos", "Videos whose placeholder the plugin sized.", ["method"])
         self.tokens_unpruned = Counter("vtprune:video_tokens_unpruned", "Video tokens before pruning.", ["method"])
         self.tokens_kept = Counter("vtprune:video_tokens_kept", "Video tokens sent to the LLM.", ["method"])
@@ -35,10 +55,14 @@ class ApiServerMetrics:
             atexit.register(shutil.rmtree, directory, True)
         MultiProcessCollector(REGISTRY, path=directory)
 
-    def record_video(self, method: str, unpruned: int, kept: int) -> None:
-        self.videos.labels(method).inc()
-        self.tokens_unpruned.labels(method).inc(unpruned)
-        self.tokens_kept.labels(method).inc(kept)
+    def count_admitted(self, mm_features) -> None:
+        """Count the videos of a request vLLM accepted."""
+        for feature in mm_features or ():
+            account = self.accounts.get(feature.mm_hash) if feature.modality == "video" else None
+            if account is not None:
+                self.videos.labels(account.method).inc()
+                self.tokens_unpruned.labels(account.method).inc(account.unpruned)
+                self.tokens_kept.labels(account.method).inc(account.kept)
 
 
 @contextlib.contextmanager
@@ -80,8 +104,21 @@ class WorkerMetrics:
             self.selection_fallbacks = Counter("vtprune:selection_fallbacks",
                                                "Videos whose method failed and got an evenly spaced selection.",
                                                registry=None)
+            self.tower_fallbacks = Counter("vtprune:tower_fallbacks",
+                                           "Tower passes whose reuse failed and ran the stock tower.", registry=None)
+            self.stream_resets = Counter("vtprune:stream_resets",
+                                         "Streams started afresh: other method or options, or a failed selection.",
+                                         registry=None)
+            self.stream_state_bytes = Gauge("vtprune:stream_state_bytes", "Bytes of stream state held (CPU).",
+                                            multiprocess_mode="livesum", registry=None)
             self.unplaced_rows = Counter("vtprune:unplaced_position_rows",
                                          "Steps whose pruned rows could not be mapped to the prompt.", registry=None)
+
+    def record_streams(self, store) -> None:
+        """Follow a ``StreamStore``: its bytes, and the resets since the last call."""
+        self.stream_state_bytes.set(store.bytes_used)
+        self.stream_resets.inc(store.resets - getattr(self, "_resets_seen", 0))
+        self._resets_seen = store.resets
 
     def record_encode(self, stats) -> None:
         """Account one ``VideoEncoder.encode`` call (``vllm_vtprune.vision.EncodeStats``)."""

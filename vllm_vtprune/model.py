@@ -31,7 +31,6 @@ from vllm_vtprune.layout import TokenIds, VideoLayout, timestamp_ids
 from vllm_vtprune.log import get_logger
 from vllm_vtprune.metrics import WorkerMetrics
 from vllm_vtprune.mrope import digits_for, encode_rows, middle_plan, recompute_positions, request_positions
-from vllm_vtprune.patches import encoder_cache_reset
 from vllm_vtprune.processor import VtpruneQwen3VLProcessingInfo, VtpruneQwen3VLProcessor, llm_grid
 from vllm_vtprune.settings import server_settings
 from vllm_vtprune.streams import StreamStore
@@ -65,14 +64,14 @@ class VtpruneQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
         self.position_digits = digits_for(max(self.config.text_config.max_position_embeddings,
                                               model_config.max_model_len))
         self.zero_offsets = os.environ.get(ZERO_OFFSETS_ENV) == "1"
+        # One observation per encoder batch: tensor-parallel ranks all run the tower, rank 0 reports it.
+        self.metrics = WorkerMetrics.from_env() if get_tensor_model_parallel_rank() == 0 else None
         server = server_settings()
-        self.streams = StreamStore(server.stream_state_mb * 2**20)
+        self.streams = StreamStore(server.stream_state_mb * 2**20,
+                                   on_change=self.metrics.record_streams if self.metrics is not None else None)
         # The slice cache lives on the CPU: vLLM's memory profiler does not see it, so it must not take device memory.
         self.video_encoder = VideoEncoder(self.visual, cache_bytes=server.slice_cache_mb * 2**20, cache_device="cpu")
         self.max_tower_patches = _profiled_tower_patches(vllm_config, self.merge_size)
-        encoder_cache_reset.apply()
-        # One observation per encoder batch: tensor-parallel ranks all run the tower, rank 0 reports it.
-        self.metrics = WorkerMetrics.from_env() if get_tensor_model_parallel_rank() == 0 else None
 
     def reset_vtprune_caches(self) -> None:
         """Called with vLLM's encoder-cache reset (see patches/encoder_cache_reset.py)."""
@@ -134,13 +133,22 @@ class VtpruneQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
         pixels = video_input["pixel_values_videos"].split([t * h * w for t, h, w in grids_thw])
         features: list[torch.Tensor] = []
         for videos in _passes([t * h * w for t, h, w in grids_thw], self.max_tower_patches):
-            out, stats = self.video_encoder.encode(
-                torch.cat([pixels[i] for i in videos]) if len(videos) > 1 else pixels[videos[0]],
-                [grids_thw[i] for i in videos], [plans[i].settings.cacher for i in videos],
-                [keys[i] for i in videos], [plans[i].settings.slice_cache for i in videos],
-            )
+            px = torch.cat([pixels[i] for i in videos]) if len(videos) > 1 else pixels[videos[0]]
+            grids = [grids_thw[i] for i in videos]
+            try:
+                out, stats = self.video_encoder.encode(px, grids, [plans[i].settings.cacher for i in videos],
+                                                       [keys[i] for i in videos],
+                                                       [plans[i].settings.slice_cache for i in videos])
+            except Exception:  # the reuse paths depend on request settings: never let them take the engine down
+                logger.exception("vtprune: vision-tower reuse failed on %d video(s); running the stock tower",
+                                 len(videos))
+                if self.metrics is not None:
+                    self.metrics.tower_fallbacks.inc()
+                out = list(self.visual(px, grid_thw=grids).split([t * h * w // self.merge_size**2
+                                                                  for t, h, w in grids]))
+                stats = None
             features.extend(out)
-            if self.metrics is not None:
+            if self.metrics is not None and stats is not None:
                 self.metrics.record_encode(stats)
         return features
 
@@ -166,6 +174,9 @@ class VtpruneQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
                 self.metrics.selection_fallbacks.inc()
             selection = uniform_selection(layout.grid, layout.kept)
             selection = dataclasses.replace(selection, kept=selection.kept.to(features.device))
+            if stream is not None:
+                self.streams.drop(stream)
+                return selection
         if stream is not None:
             self.streams.advance(stream, signature, plan.stream_item, before, selection.state)
         return selection

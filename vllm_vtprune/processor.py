@@ -12,9 +12,7 @@ Runs in the API server (and in the engine core for profiling). For every video i
 from __future__ import annotations
 
 import contextvars
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,7 +23,7 @@ from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails
 
 from vllm_vtprune.layout import TokenIds, VideoLayout, plan_layout, text_row_allowance, timestamp_ids
 from vllm_vtprune.log import get_logger
-from vllm_vtprune.metrics import api_server_metrics
+from vllm_vtprune.metrics import VideoAccount, api_server_metrics
 from vllm_vtprune.settings import REQUEST_KEY, VtpruneSettings, server_settings
 from vllm_vtprune.vision import slice_key_salt, slice_keys
 from vllm_vtprune.wire import PLAN_FIELD, SLICE_KEYS_FIELD, ItemPlan, decode_plan, empty_slice_keys
@@ -35,33 +33,6 @@ logger = get_logger(__name__)
 _PROFILING = contextvars.ContextVar("vtprune_profiling", default=False)  # vLLM's dummy requests: not counted
 
 
-@dataclass(frozen=True)
-class VideoAccount:
-    method: str
-    unpruned: int
-    kept: int
-
-
-class _Accounts:
-    """What each video item's placeholder holds, by item hash. On a processor-cache hit the API server gets
-    the item back without its data (the engine core holds that), so the grid is read from here instead.
-    2**16 entries outlast every item the processor cache can hold (video items are megabytes, it holds 4 GiB)."""
-
-    def __init__(self, capacity: int = 2**16) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[str, VideoAccount] = OrderedDict()
-
-    def put(self, mm_hash: str, account: VideoAccount) -> None:
-        self._items[mm_hash] = account
-        self._items.move_to_end(mm_hash)
-        if len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-
-    def get(self, mm_hash: str) -> VideoAccount | None:
-        return self._items.get(mm_hash)
-
-
-ACCOUNTS = _Accounts()
 
 
 def llm_grid(video_grid_thw: Sequence[int], merge_size: int) -> tuple[int, int, int]:
@@ -98,16 +69,15 @@ class VtpruneQwen3VLProcessor(Qwen3VLMultiModalProcessor):
     def apply(self, inputs, timing_ctx):
         result = super().apply(inputs, timing_ctx)
         extra_positions = 0  # how much further the unpruned prompt reaches than this one
+        accounts = api_server_metrics().accounts
         for item, mm_hash in zip(result["mm_kwargs"].get("video", []), result["mm_hashes"].get("video", [])):
             if item is not None:
-                ACCOUNTS.put(mm_hash, video_account(item, self._merge))
-            account = ACCOUNTS.get(mm_hash)
+                accounts.put(mm_hash, video_account(item, self._merge))
+            account = accounts.get(mm_hash)
             if account is None:
                 logger.warning("vtprune: no record of cached video %s; not counted", mm_hash)
                 continue
             extra_positions += account.unpruned - account.kept
-            if not _PROFILING.get():
-                api_server_metrics().record_video(account.method, account.unpruned, account.kept)
             logger.debug("vtprune: video %s: %s keeps %d of %d tokens", mm_hash, account.method, account.kept,
                          account.unpruned)
         limit = self.info.get_hf_config().text_config.max_position_embeddings
@@ -143,10 +113,15 @@ class VtpruneQwen3VLProcessor(Qwen3VLMultiModalProcessor):
         grids = processed["video_grid_thw"].tolist()
         tokenizer = self.info.get_tokenizer()
         allowance = self.info.text_row_allowance()
+        server = server_settings()
         pixels = processed["pixel_values_videos"].split([t * h * w for t, h, w in grids])
         plans, keys = [], []
         for grid, timestamps, px in zip(grids, processed["timestamps"], pixels):
             layout = plan_layout(llm_grid(grid, self._merge), timestamps, settings.prune, tokenizer, allowance)
+            if settings.prune != server.prune:
+                server_layout = plan_layout(llm_grid(grid, self._merge), timestamps, server.prune, tokenizer,
+                                            allowance)
+                server.check_budget(layout.kept, server_layout.kept)
             plans.append(ItemPlan(settings, layout.kept, self._stream_item(settings, px)).encode())
             keys.append(self._slice_keys(px, grid, settings))
         processed[PLAN_FIELD] = plans

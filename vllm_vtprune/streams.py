@@ -11,6 +11,7 @@ afresh (its state could not be used: e.g. STC's memory has as many channels as t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -49,9 +50,10 @@ def _bytes(stream_id: str, stream: _Stream) -> int:
 
 
 class StreamStore:
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, on_change: Callable[[StreamStore], None] | None = None) -> None:
         self._streams: BoundedLRU[_Stream] = BoundedLRU(max_bytes, _bytes)
         self.resets = 0
+        self._on_change = on_change  # metrics: called after every change
 
     @property
     def bytes_used(self) -> int:
@@ -81,6 +83,17 @@ class StreamStore:
                 self.resets += 1
         history = (*history, (item, _on_cpu(before)))[-HISTORY:]
         self._streams.put(stream_id, _Stream(signature, _on_cpu(after), history))
+        self._changed()
+
+    def drop(self, stream_id: str) -> None:
+        self._streams.pop(stream_id)
+        self.resets += 1
+        self._changed()
 
     def clear(self) -> None:
         self._streams.clear()
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self)

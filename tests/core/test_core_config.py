@@ -95,7 +95,8 @@ def test_digest_depends_on_every_field_and_is_stable_across_processes() -> None:
     [
         ({"retention": 1.5}, r"^vtprune.retention must be in \(0, 1\], got 1.5$"),
         ({"retention": 0}, r"vtprune.retention must be in \(0, 1\], got 0"),
-        ({"retention": float("nan")}, r"vtprune.retention must be in \(0, 1\]"),
+        ({"retention": float("nan")}, r"vtprune.retention must be a number in \(0, 1\]"),
+        ({"retention": 10**400}, r"^vtprune.retention must be a number in \(0, 1\], got 1000000000000000000000000"),
         ({"retention": "0.5"}, r"vtprune.retention must be a number in \(0, 1\], got '0.5'"),
         ({"retention": True}, r"vtprune.retention must be a number"),
         ({"min_tokens_per_slice": -1}, r"vtprune.min_tokens_per_slice must be an integer >= 0, got -1"),

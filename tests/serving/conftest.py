@@ -39,14 +39,17 @@ def dormant_server(tiny_model) -> Iterator[VllmServer]:
 
 @pytest.fixture(scope="session")
 def plugin_server(tiny_model) -> Iterator[VllmServer]:
-    """``--plugin vtprune`` with the V-CAST preset and a slice cache; tests override settings per request."""
+    """``--plugin vtprune`` with the V-CAST preset and a slice cache; tests override settings per request, so any
+    override is allowed here."""
     yield from _serve(tiny_model, "plugin", ["--plugin", "vtprune", "--vtprune-preset", "vcast",
-                                             "--vtprune-slice-cache-mb", "256", "--enable-prompt-tokens-details"])
+                                             "--vtprune-slice-cache-mb", "256", "--enable-prompt-tokens-details",
+                                             "--vtprune-request-overrides", "any"])
 
 
 @pytest.fixture(scope="session")
 def chunked_server(tiny_model) -> Iterator[VllmServer]:
-    """Like ``plugin_server``, but prefill runs in 48-token chunks, so every video is split across steps."""
+    """Like ``plugin_server``, but prefill runs in 48-token chunks, so every video is split across steps, and
+    requests may only lower their cost (the default policy)."""
     yield from _serve(tiny_model, "chunked", ["--plugin", "vtprune", "--vtprune-preset", "vcast",
                                               "--max-num-batched-tokens", "48", "--max-num-seqs", "4"])
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .options import finite_number, short_name, short_repr
 from .registry import get_method
 
 _KEYS = ("method", "min_tokens_per_slice", "options", "retention")
@@ -37,38 +37,38 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str):
-            raise ValueError(f"vtprune.method must be a string, got {self.method!r}")
+            raise ValueError(f"vtprune.method must be a string, got {short_repr(self.method)}")
         method = get_method(self.method)
-        retention = self.retention
-        if isinstance(retention, bool) or not isinstance(retention, (int, float)):
-            raise ValueError(f"vtprune.retention must be a number in (0, 1], got {retention!r}")
-        if not (math.isfinite(retention) and 0.0 < retention <= 1.0):
-            raise ValueError(f"vtprune.retention must be in (0, 1], got {retention!r}")
+        retention = finite_number(self.retention)
+        if retention is None:
+            raise ValueError(f"vtprune.retention must be a number in (0, 1], got {short_repr(self.retention)}")
+        if not 0.0 < retention <= 1.0:
+            raise ValueError(f"vtprune.retention must be in (0, 1], got {short_repr(self.retention)}")
         min_k = self.min_tokens_per_slice
         if isinstance(min_k, bool) or not isinstance(min_k, int) or min_k < 0:
-            raise ValueError(f"vtprune.min_tokens_per_slice must be an integer >= 0, got {min_k!r}")
+            raise ValueError(f"vtprune.min_tokens_per_slice must be an integer >= 0, got {short_repr(min_k)}")
         try:
             options = dict(self.options)
         except (TypeError, ValueError):
             raise ValueError(
-                f"vtprune.options must be a mapping of option names to values, got {self.options!r}"
+                f"vtprune.options must be a mapping of option names to values, got {short_repr(self.options)}"
             ) from None
-        object.__setattr__(self, "retention", float(retention))
+        object.__setattr__(self, "retention", retention)
         object.__setattr__(self, "options", method.Options.parse(self.method, options).items())
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PruneConfig:
         """Build from JSON-like settings, e.g. ``{"method": "vcast", "retention": 0.25}``; ValueError on bad input."""
         if not isinstance(d, Mapping):
-            raise ValueError(f"vtprune settings must be a mapping, got {d!r}")
+            raise ValueError(f"vtprune settings must be a mapping, got {short_repr(d)}")
         for key in sorted(d, key=str):
             if key not in _KEYS:
-                raise ValueError(f"vtprune.{key} is not a known key; choose from {list(_KEYS)}")
+                raise ValueError(f"vtprune.{short_name(key)} is not a known key; choose from {list(_KEYS)}")
         options = d.get("options", {})
         if options is None:
             options = {}
         if not isinstance(options, Mapping):
-            raise ValueError(f"vtprune.options must be a mapping of option names to values, got {options!r}")
+            raise ValueError(f"vtprune.options must be a mapping of option names to values, got {short_repr(options)}")
         return cls(**{k: v for k, v in d.items() if k != "options"}, options=tuple(options.items()))
 
     def to_dict(self) -> dict[str, Any]:

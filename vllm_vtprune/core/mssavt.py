@@ -72,6 +72,8 @@ class MssavtOptions(MethodOptions):
     temporal: Literal["dtd", "dycoke", "evs", "none"] = "dtd"
     temporal_share: float = 0.5  # fraction of the pruned tokens assigned to the temporal stage
 
+    COSTLY = {"mask": ("greedy",)}  # a Python loop per round, where the checkerboard is one tensor op
+
     def validate(self) -> None:
         if not 0.0 <= self.temporal_share <= 1.0:
             raise option_error("temporal_share", f"must be in [0, 1], got {self.temporal_share}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, ClassVar
 
-from .options import MethodOptions
+from .options import MethodOptions, short_repr
 
 if TYPE_CHECKING:
     import torch
@@ -100,4 +100,4 @@ def get_method(name: str) -> type[PruningMethod]:
     try:
         return _methods[name]
     except (KeyError, TypeError):
-        raise ValueError(f"vtprune.method {name!r} is unknown; choose one of {available_methods()}") from None
+        raise ValueError(f"vtprune.method {short_repr(name)} is unknown; choose one of {available_methods()}") from None

@@ -5,6 +5,8 @@
   multimodal-pruning hooks turned on for the engine. Remove when vLLM lets plugins declare CLI options.
 - ``request_mm_kwargs`` wraps ``online_renderer.validate_request_mm_kwargs``: lets ``mm_processor_kwargs.vtprune``
   through without ``--trust-request-mm-kwargs``. Remove when vLLM lets a plugin declare safe request kwargs.
+- ``admitted_video_metrics`` wraps ``InputProcessor.process_inputs``: counts a request's videos once vLLM
+  accepted it. Remove when vLLM offers plugins an admission hook.
 - ``encoder_cache_reset`` wraps both runners' ``reset_encoder_cache``: the slice cache and stream state are
   dropped with vLLM's encoder cache. Remove when models get a reset hook.
 - ``cpu_runner_pruning_flag`` wraps V1 ``CPUModelRunner.load_model``: the CPU runner never enables the pruning
@@ -20,10 +22,17 @@ the plugin with a message naming it.
 
 from __future__ import annotations
 
-from . import cpu_runner_pruning_flag, encoder_cache_reset, mrope_cache_size, request_mm_kwargs
+from . import (
+    admitted_video_metrics,
+    cpu_runner_pruning_flag,
+    encoder_cache_reset,
+    mrope_cache_size,
+    request_mm_kwargs,
+)
 
 
 def apply_active() -> None:
     """Apply every patch an active plugin needs in this process (idempotent)."""
-    for patch in (request_mm_kwargs, encoder_cache_reset, cpu_runner_pruning_flag, mrope_cache_size):
+    for patch in (request_mm_kwargs, admitted_video_metrics, encoder_cache_reset, cpu_runner_pruning_flag,
+                  mrope_cache_size):
         patch.apply()

@@ -19,7 +19,7 @@ from typing import Any
 from vllm.engine.arg_utils import EngineArgs
 
 from vllm_vtprune import activation
-from vllm_vtprune.settings import REQUEST_KEY, VtpruneSettings, preset_names
+from vllm_vtprune.settings import OVERRIDE_POLICIES, REQUEST_KEY, VtpruneSettings, preset_names
 
 PLUGIN_NAME = "vtprune"
 # --flag -> key of VtpruneSettings.from_dict
@@ -32,6 +32,7 @@ _FLAGS = {
     "vtprune_cacher": "cacher",
     "vtprune_slice_cache_mb": "slice_cache_mb",
     "vtprune_stream_state_mb": "stream_state_mb",
+    "vtprune_request_overrides": "request_overrides",
 }
 
 
@@ -78,6 +79,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Per-worker budget of the exact per-slice vision-tower cache (MiB); 0 = off.")
     group.add_argument("--vtprune-stream-state-mb", type=_non_negative_int,
                        help="Per-worker budget of the selection state of streams (MiB, on the CPU; default 64).")
+    group.add_argument("--vtprune-request-overrides", choices=OVERRIDE_POLICIES,
+                       help="What a request's mm_processor_kwargs.vtprune may change: 'lower-cost' (default: "
+                            "never more tokens or tower work than the server's settings), 'any', or 'none'.")
 
 
 def settings_from_args(args: argparse.Namespace) -> dict[str, Any] | None:

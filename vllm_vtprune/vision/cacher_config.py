@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from vllm_vtprune.core.options import finite_number, short_name, short_repr
 
 PREFIX = "vtprune.cacher."
 _KEYS = ("enabled", "recompute_ratio", "refresh_interval")
@@ -37,16 +38,16 @@ class CacherConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
-            raise _err("enabled", f"must be true or false, got {self.enabled!r}")
-        r = self.recompute_ratio
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r):
-            raise _err("recompute_ratio", f"must be a number in (0, 1], got {r!r}")
+            raise _err("enabled", f"must be true or false, got {short_repr(self.enabled)}")
+        r = finite_number(self.recompute_ratio)
+        if r is None:
+            raise _err("recompute_ratio", f"must be a number in (0, 1], got {short_repr(self.recompute_ratio)}")
         if not 0.0 < r <= 1.0:
-            raise _err("recompute_ratio", f"must be in (0, 1], got {r!r}")
-        object.__setattr__(self, "recompute_ratio", float(r))
+            raise _err("recompute_ratio", f"must be in (0, 1], got {short_repr(self.recompute_ratio)}")
+        object.__setattr__(self, "recompute_ratio", r)
         k = self.refresh_interval
         if isinstance(k, bool) or not isinstance(k, int):
-            raise _err("refresh_interval", f"must be an integer >= 1, got {k!r}")
+            raise _err("refresh_interval", f"must be an integer >= 1, got {short_repr(k)}")
         if k < 1:
             raise _err("refresh_interval", f"must be >= 1, got {k!r}")
 
@@ -55,6 +56,15 @@ class CacherConfig:
         """Whether any slice takes the approximate path. ``recompute_ratio == 1`` or ``refresh_interval == 1``
         is exact by definition, so those run the stock full forward (bit-identical to the stock tower)."""
         return self.enabled and self.recompute_ratio < 1.0 and self.refresh_interval > 1
+
+    @property
+    def tower_cost(self) -> float:
+        """Share of the tower's work this config computes, 1 when exact: references in full, the other slices at
+        ``recompute_ratio`` (what the lower-cost request policy compares)."""
+        if not self.active:
+            return 1.0
+        k = self.refresh_interval
+        return (1 + (k - 1) * self.recompute_ratio) / k
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> CacherConfig:
@@ -65,10 +75,10 @@ class CacherConfig:
         if isinstance(d, CacherConfig):
             return d
         if not isinstance(d, Mapping):
-            raise ValueError(f"vtprune.cacher must be a mapping, got {d!r}")  # noqa: TRY004 - settings errors are ValueError
+            raise ValueError(f"vtprune.cacher must be a mapping, got {short_repr(d)}")  # noqa: TRY004 - settings errors are ValueError
         for key in sorted(d, key=str):
             if key not in _KEYS:
-                raise ValueError(f"{PREFIX}{key} is not a known key; choose from {list(_KEYS)}")
+                raise ValueError(f"{PREFIX}{short_name(key)} is not a known key; choose from {list(_KEYS)}")
         return cls(**dict(d))
 
     def to_dict(self) -> dict[str, Any]:

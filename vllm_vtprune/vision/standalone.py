@@ -8,7 +8,6 @@ model). :func:`build_vision_tower` does all of it, so tests exercise the same mo
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -82,7 +81,6 @@ def build_vision_tower(
     Weights come from ``checkpoint`` (a Qwen3-VL checkpoint directory) when given, else from HF's seeded
     random init. Returned in eval mode, on ``device``, in ``dtype``.
     """
-    os.environ.setdefault("VLLM_PLUGINS", "")  # building a bare tower must not load general plugins
     from vllm.config import VllmConfig, set_current_vllm_config
     from vllm.model_executor.layers.quantization.base_config import QuantizeMethodBase
     from vllm.model_executor.models.qwen3_vl import Qwen3_VisionTransformer
