@@ -10,10 +10,15 @@ from vllm_vtprune.settings import ENV_VAR, VtpruneSettings
 
 logger = get_logger(__name__)
 
-# Architecture -> our subclass. Qwen3-VL dense only for now (MoE has its own processor registration).
-MODEL_OVERRIDES = {
-    "Qwen3VLForConditionalGeneration": "vllm_vtprune.model:VtpruneQwen3VLForConditionalGeneration",
-}
+# vLLM's architecture name -> our subclass of it (registered under the same name, so every name-keyed hook of
+# vLLM, e.g. the hybrid models' config, still applies).
+SUPPORTED_ARCHITECTURES = (
+    "Qwen3VLForConditionalGeneration",
+    "Qwen3VLMoeForConditionalGeneration",
+    "Qwen3_5ForConditionalGeneration",
+    "Qwen3_5MoeForConditionalGeneration",
+)
+MODEL_OVERRIDES = {name: f"vllm_vtprune.model:Vtprune{name}" for name in SUPPORTED_ARCHITECTURES}
 _active: VtpruneSettings | None = None
 
 
@@ -64,4 +69,4 @@ def route_through_pruning_hooks(engine_args) -> None:
 def check_model_supported(vllm_config) -> None:
     archs = vllm_config.model_config.architectures or []
     if not set(archs) & set(MODEL_OVERRIDES):
-        raise ValueError(f"--plugin vtprune supports {sorted(MODEL_OVERRIDES)}; this model is {archs}")
+        raise ValueError(f"--plugin vtprune supports {list(SUPPORTED_ARCHITECTURES)}; this model is {archs}")

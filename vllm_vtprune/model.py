@@ -1,7 +1,9 @@
-"""Qwen3-VL with video-token pruning: the one place that owns vLLM's invariants.
+"""The Qwen3-VL family with video-token pruning: the one place that owns vLLM's invariants.
 
-Registered by the plugin under vLLM's own architecture name, so everything else (weights, LoRA, images,
-DeepStack, the language model, CUDA graphs) is inherited. What changes:
+One behaviour (:class:`VtpruneMixin`) on each of vLLM's four Qwen3-VL-family models (Qwen3-VL, Qwen3-VL-MoE,
+Qwen3.5, Qwen3.5-MoE: one vision tower, processor and M-RoPE code), registered under vLLM's own architecture
+names, so everything else (weights, LoRA, images, DeepStack where the model has it, the language model,
+hybrid attention state, CUDA graphs) is inherited. What changes:
 - ``embed_multimodal``: the tower runs in micro-batches no larger than vLLM profiled, then the configured method
   picks the tokens each video keeps; an exact layout gets the tower rows as vLLM would, a dynamic one its
   middle (kept rows, DeepStack channels gathered with the same indices, the text between slices) with each
@@ -18,10 +20,22 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 
 import torch
 from vllm.distributed import get_pp_group, get_tensor_model_parallel_rank
-from vllm.model_executor.models.qwen3_vl import Qwen3VLDummyInputsBuilder, Qwen3VLForConditionalGeneration
+from vllm.model_executor.models.qwen3_5 import (
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeForConditionalGeneration,
+    Qwen3_5MoeProcessingInfo,
+    Qwen3_5ProcessingInfo,
+)
+from vllm.model_executor.models.qwen3_vl import (
+    Qwen3VLDummyInputsBuilder,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessingInfo,
+)
+from vllm.model_executor.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration, Qwen3VLMoeProcessingInfo
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.utils.gpu_sync_debug import gpu_sync_allowed
 
@@ -31,7 +45,7 @@ from vllm_vtprune.layout import TokenIds, VideoLayout, timestamp_ids
 from vllm_vtprune.log import get_logger
 from vllm_vtprune.metrics import WorkerMetrics
 from vllm_vtprune.mrope import digits_for, encode_rows, middle_plan, recompute_positions, request_positions
-from vllm_vtprune.processor import VtpruneQwen3VLProcessingInfo, VtpruneQwen3VLProcessor, llm_grid
+from vllm_vtprune.processor import VtpruneQwen3VLProcessor, llm_grid, with_text_row_allowance
 from vllm_vtprune.settings import server_settings
 from vllm_vtprune.streams import StreamStore
 from vllm_vtprune.timing import StageTimer
@@ -44,11 +58,12 @@ logger = get_logger(__name__)
 ZERO_OFFSETS_ENV = "VLLM_VTPRUNE_TEST_ZERO_POSITION_OFFSETS"
 
 
-@MULTIMODAL_REGISTRY.register_processor(
-    VtpruneQwen3VLProcessor, info=VtpruneQwen3VLProcessingInfo, dummy_inputs=Qwen3VLDummyInputsBuilder
-)
-class VtpruneQwen3VLForConditionalGeneration(Qwen3VLForConditionalGeneration):
-    def __init__(self, *, vllm_config, prefix: str = "model"):
+class VtpruneMixin:
+    """The plugin's behaviour on a Qwen3-VL-family model (see the module docstring). Rows are sized by
+    ``visual_dim + multiscale_dim`` (no DeepStack columns on Qwen3.5), and neither ``embed_input_ids`` nor
+    ``forward`` is touched (Qwen3.5 replaces both)."""
+
+    def __init__(self, *, vllm_config, prefix: str = ""):  # vLLM reads both names off the signature
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         if not self.is_multimodal_pruning_enabled:
             raise ValueError("--plugin vtprune needs vLLM's multimodal-pruning hooks, which the plugin turns on "
@@ -248,3 +263,31 @@ def _passes(patches: list[int], limit: int) -> list[list[int]]:
             passes.append([i])
             total = n
     return passes
+
+
+def _with_plugin_processor(info: type) -> Callable[[type], type]:
+    """Register the plugin's processor, with the architecture's own processing info, on a model class (a
+    subclass otherwise keeps its parent's registration)."""
+    return MULTIMODAL_REGISTRY.register_processor(
+        VtpruneQwen3VLProcessor, info=with_text_row_allowance(info), dummy_inputs=Qwen3VLDummyInputsBuilder
+    )
+
+
+@_with_plugin_processor(Qwen3VLProcessingInfo)
+class VtpruneQwen3VLForConditionalGeneration(VtpruneMixin, Qwen3VLForConditionalGeneration):
+    pass
+
+
+@_with_plugin_processor(Qwen3VLMoeProcessingInfo)
+class VtpruneQwen3VLMoeForConditionalGeneration(VtpruneMixin, Qwen3VLMoeForConditionalGeneration):
+    pass
+
+
+@_with_plugin_processor(Qwen3_5ProcessingInfo)
+class VtpruneQwen3_5ForConditionalGeneration(VtpruneMixin, Qwen3_5ForConditionalGeneration):
+    pass
+
+
+@_with_plugin_processor(Qwen3_5MoeProcessingInfo)
+class VtpruneQwen3_5MoeForConditionalGeneration(VtpruneMixin, Qwen3_5MoeForConditionalGeneration):
+    pass

@@ -12,6 +12,7 @@ Runs in the API server (and in the engine core for profiling). For every video i
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,7 +41,9 @@ def llm_grid(video_grid_thw: Sequence[int], merge_size: int) -> tuple[int, int, 
     return t, h // merge_size, w // merge_size
 
 
-class VtpruneQwen3VLProcessingInfo(Qwen3VLProcessingInfo):
+class TextRowAllowance:
+    """Mixed into a Qwen3-VL-family processing info: the extra encoder-budget rows a pruned video may need."""
+
     def text_row_allowance(self) -> int:
         processor = self.get_video_processor()
         return text_row_allowance(self.get_tokenizer(), processor.max_frames // processor.temporal_patch_size)
@@ -52,6 +55,12 @@ class VtpruneQwen3VLProcessingInfo(Qwen3VLProcessingInfo):
         if "video" in tokens:
             tokens["video"] += self.text_row_allowance()
         return tokens
+
+
+@functools.cache
+def with_text_row_allowance(info: type[Qwen3VLProcessingInfo]) -> type[Qwen3VLProcessingInfo]:
+    """``info`` (an architecture's processing info) with :class:`TextRowAllowance`."""
+    return type(f"Vtprune{info.__name__}", (TextRowAllowance, info), {})
 
 
 class VtpruneQwen3VLProcessor(Qwen3VLMultiModalProcessor):

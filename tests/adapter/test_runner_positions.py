@@ -16,6 +16,8 @@ import pytest
 
 from vllm_vtprune.testing import gpu_check
 
+ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts"
+
 
 @pytest.fixture(scope="module")
 def mixed_runs(tiny_model, videos, tmp_path_factory):
@@ -40,6 +42,20 @@ def test_language_model_reads_final_positions_from_the_runners_buffer(mixed_runs
 
 def test_graphs_eager_and_vanilla_agree(mixed_runs):
     assert gpu_check.compare(mixed_runs, "mixed") == []
+
+
+@pytest.mark.parametrize("arch", ["qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"])
+def test_every_architecture_places_positions_in_the_runners_buffer(videos, tmp_path, arch):
+    """The same check, eager, on the other Qwen3-VL-family models (hybrid attention included)."""
+    from vllm_vtprune.testing.tiny_qwen3vl import build_tiny_qwen3vl
+
+    model = str(build_tiny_qwen3vl(ARTIFACTS / f"tiny-{arch}", arch=arch))
+    run = gpu_check.run("eager", "mixed", model, Path(videos["moving_objects"]).parent, tmp_path / "run.json")
+    positions = run["positions"]
+    assert positions["num_mismatches"] == 0, positions["mismatches"]
+    assert positions["runner_passes_buffer"] and positions["lm_reads_buffer"]
+    assert positions["dynamic_videos"] >= 2 and positions["split_dynamic_prefills"] >= 2
+    assert run["requests"]["f-vcast-cached"]["cached_tokens"] > 0
 
 
 def test_reencoded_and_preempted_videos_select_and_place_alike(tiny_model, videos, tmp_path):

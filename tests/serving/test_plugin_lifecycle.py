@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -60,7 +63,23 @@ def test_help_lists_plugin_options(tiny_model):
         (["--plugin", "vtprune", "--vtprune-cacher", '{"recompute_ratio": 2}'],
          "vtprune.cacher.recompute_ratio must be in (0, 1], got 2"),
         (["--plugin", "vtprune", "--vtprune-slice-cache-mb", "-1"], "--vtprune-slice-cache-mb: must be >= 0"),
+        (["--plugin", "vtprune", "--vtprune-request-overrides", "all"], "--vtprune-request-overrides: invalid choice"),
+        (["--plugin", "vtprune", "--video-pruning-rate", "0.5"],
+         "--video-pruning-rate is vLLM's own EVS; with --plugin vtprune use --vtprune-method evs"),
     ],
 )
 def test_bad_plugin_options_stop_vllm_serve_at_startup(tiny_model, args, expected):
     assert expected in run_serve_expecting_failure(tiny_model, args)
+
+
+def test_a_model_outside_the_qwen3_vl_family_is_refused_at_startup(tiny_model, tmp_path):
+    """Never served silently unpruned: the refusal names the architectures the plugin supports."""
+    config = json.loads((Path(tiny_model) / "config.json").read_text())["text_config"]
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "qwen3",
+                                                      "architectures": ["Qwen3ForCausalLM"]}))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(tiny_model) / name, tmp_path / name)
+    out = run_serve_expecting_failure(tmp_path, ["--plugin", "vtprune"])
+    assert "--plugin vtprune supports ['Qwen3VLForConditionalGeneration', 'Qwen3VLMoeForConditionalGeneration', " \
+           "'Qwen3_5ForConditionalGeneration', 'Qwen3_5MoeForConditionalGeneration']; this model is " \
+           "['Qwen3ForCausalLM']" in out

@@ -19,13 +19,15 @@ from transformers import AutoConfig
 
 from vllm_vtprune.core import PruneConfig, available_methods, total_budget
 from vllm_vtprune.testing.chat import output_tokens
+from vllm_vtprune.testing.tiny_qwen3vl import ARCHITECTURES
 
 METHODS = [m for m in ("none", "vcast", "stc", "mssavt", "evs") if m in available_methods()]
+ARCHS = tuple(ARCHITECTURES)  # the serving guarantees hold for every architecture (conftest: ``arch``)
 
 
 @pytest.fixture(scope="module")
 def token_ids(tiny_model):
-    cfg = AutoConfig.from_pretrained(tiny_model)
+    cfg = AutoConfig.from_pretrained(tiny_model)  # every architecture's tiny checkpoint shares these ids
     return cfg.vision_start_token_id, cfg.video_token_id
 
 
@@ -44,6 +46,7 @@ def unpruned(chat_client, videos, **kwargs):
     return chat_client.ask(videos, vtprune={"method": "none"}, return_token_ids=True, **kwargs)
 
 
+@pytest.mark.parametrize("arch", ARCHS, indirect=True)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("retention", [1.0, 0.5, 0.25, 0.1])
 def test_prompt_tokens_shrink_exactly_by_the_budget(plugin_server, chat, videos, token_ids, method, retention):
@@ -60,6 +63,7 @@ def test_prompt_tokens_shrink_exactly_by_the_budget(plugin_server, chat, videos,
         assert budget < t * h * w
 
 
+@pytest.mark.parametrize("arch", ARCHS, indirect=True)
 @pytest.mark.parametrize("vtprune", [{"method": "none"}, {"method": "vcast", "retention": 1.0},
                                      {"method": "stc", "retention": 1.0}])
 def test_full_retention_is_token_identical_to_vanilla(vanilla_server, plugin_server, chat, videos, vtprune):
@@ -91,9 +95,13 @@ def test_two_videos_and_an_image_in_one_prompt(vanilla_server, plugin_server, ch
     assert pruned.usage.prompt_tokens == base.usage.prompt_tokens - removed  # the image is untouched
 
 
-def test_prefix_cache_hit_on_the_video_gives_the_cold_answer(plugin_server, chat, videos):
-    """Same video, new question: the video's KV comes from the prefix cache (EVS bug B3's scenario)."""
-    client = chat(plugin_server)
+@pytest.mark.parametrize("arch", ARCHS, indirect=True)
+def test_prefix_cache_hit_on_the_video_gives_the_cold_answer(chunked_server, chat, videos):
+    """Same video, new question: the video's KV comes from the prefix cache (EVS bug B3's scenario). At the
+    server's retention (0.6) the pruned prompt spans a whole cache block of the hybrid models (256 tokens).
+    The answers are the same tokens; logprobs agree to the rounding of cached-context attention kernels (up to
+    ~4e-3 seen)."""
+    client = chat(chunked_server)
     video = [videos["slow_pan"]]
     cold = client.ask(video, "Describe the motion.", max_tokens=16, cache_salt="cold")
     client.ask(video, "What colour is it?", max_tokens=4, cache_salt="warm")
@@ -101,16 +109,18 @@ def test_prefix_cache_hit_on_the_video_gives_the_cold_answer(plugin_server, chat
     assert warm.usage.prompt_tokens_details.cached_tokens > 0.5 * warm.usage.prompt_tokens
     assert output_tokens(warm) == output_tokens(cold)
     assert np.allclose([t.logprob for t in warm.choices[0].logprobs.content],
-                       [t.logprob for t in cold.choices[0].logprobs.content], atol=1e-3)
+                       [t.logprob for t in cold.choices[0].logprobs.content], atol=1e-2)
 
 
-# The chunked server lets requests only lower their cost: these keep fewer tokens than its V-CAST preset.
-@pytest.mark.parametrize("vtprune", [None, {"method": "stc", "retention": 0.2}, {"method": "evs", "retention": 0.2}])
+# The chunked server lets requests only lower their cost: these keep fewer tokens than its settings.
+@pytest.mark.parametrize("arch", ARCHS, indirect=True)
+@pytest.mark.parametrize("vtprune", [{"method": "vcast", "retention": 0.25}, {"method": "stc", "retention": 0.2},
+                                     {"method": "evs", "retention": 0.2}])
 def test_chunked_prefill_that_splits_the_video_gives_the_unsplit_answer(plugin_server, chunked_server, chat,
                                                                          videos, vtprune):
     whole = chat(plugin_server).ask([videos["moving_objects"]], max_tokens=16, vtprune=vtprune)
     split = chat(chunked_server).ask([videos["moving_objects"]], max_tokens=16, vtprune=vtprune)
-    assert whole.usage.prompt_tokens > 3 * 48  # the video really spans several 48-token chunks
+    assert whole.usage.prompt_tokens > 2 * 64  # the video really spans several 64-token chunks
     assert whole.usage.prompt_tokens == split.usage.prompt_tokens
     assert output_tokens(whole) == output_tokens(split)
 
@@ -137,6 +147,7 @@ def test_mixed_configs_in_one_batch_each_get_their_own_budget(plugin_server, cha
         assert replies[i].usage.prompt_tokens == base.usage.prompt_tokens - t * h * w + budget, cfg
 
 
+@pytest.mark.parametrize("arch", ARCHS, indirect=True)
 def test_invalid_request_settings_get_400_and_the_server_lives(plugin_server, chat, videos):
     import openai
 
@@ -155,15 +166,15 @@ def test_invalid_request_settings_get_400_and_the_server_lives(plugin_server, ch
 
 
 def test_by_default_a_request_may_only_lower_its_cost(plugin_server, chunked_server, chat, videos, token_ids):
-    """The chunked server runs the default policy with the V-CAST preset (retention 0.25)."""
+    """The chunked server runs the default policy with V-CAST at retention 0.6."""
     import openai
 
     t, h, w = video_grid(unpruned(chat(plugin_server), [videos["moving_objects"]]), token_ids)
-    server_keeps = total_budget((t, h, w), PruneConfig.from_dict({"method": "vcast", "retention": 0.25}))
+    server_keeps = total_budget((t, h, w), PruneConfig.from_dict({"method": "vcast", "retention": 0.6}))
     client = chat(chunked_server)
     for more, message in [({"method": "none"}, f"keep {t * h * w} tokens of this video where this server's "
                                                f"keep {server_keeps};"),
-                          ({"retention": 0.5}, "lower-cost"),
+                          ({"retention": 0.7}, "lower-cost"),
                           ({"method": "mssavt", "retention": 0.1, "options": {"mask": "greedy"}}, "mask='greedy'"),
                           ({"slice_cache": False}, "slice_cache=false")]:
         with pytest.raises(openai.BadRequestError, match=message):

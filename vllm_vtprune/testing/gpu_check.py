@@ -24,9 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-PLUGIN = {"method": "vcast", "retention": 0.25}
-# name -> (video kind or None, image?, per-request vtprune settings or None, question). Pruned videos keep
-# distinct token counts, so the position oracle can tell their selections apart.
+PLUGIN = {"method": "vcast", "retention": 0.25, "request_overrides": "any"}  # requests pick their methods
+# name -> (video kind or None, image?, per-request vtprune settings or None, question).
 MIXED = [
     {"a-vcast": ("moving_objects", False, {"method": "vcast", "retention": 0.25}, "What happens?"),
      "b-stc": ("slow_pan", False, {"method": "stc", "retention": 0.3}, "Where does it pan?"),
@@ -131,7 +130,8 @@ def run_child(mode: str, scenario: str, model: str, video_dir: Path, out: Path) 
             results[name] = {"tokens": list(completion.token_ids), "prompt_tokens": len(o.prompt_token_ids),
                              "cached_tokens": o.num_cached_tokens,
                              "top": [sorted(lp, key=lambda t: -lp[t].logprob) for lp in completion.logprobs]}
-    check = position_probe.check(recording, llm.llm_engine.model_config.hf_config) if plugin else None
+    check = position_probe.check(recording, llm.llm_engine.model_config.hf_config, llm.get_tokenizer()) \
+        if plugin else None
     out.write_text(json.dumps({"mode": mode, "requests": results, "positions": check}))
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from vllm_vtprune.layout import timestamp_ids
+
 
 @dataclass
 class Recording:
@@ -54,6 +56,7 @@ def _describe(prompt: list[int], mm_features) -> dict[str, Any]:
              "grid": f.data[grid_key].data.tolist()}
         if f.modality == "video":
             d["kept"] = decode_plan(f.data[PLAN_FIELD].data).kept
+            d["timestamps"] = [float(x) for x in f.data["timestamps"].data]
         features.append(d)
     return {"prompt": list(prompt), "features": features}
 
@@ -64,9 +67,9 @@ def install(recording: Recording, *, lm_hook: bool = True) -> None:
     from vllm.v1.worker.gpu.model_states.default import DefaultModelState
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    from vllm_vtprune.model import VtpruneQwen3VLForConditionalGeneration
+    from vllm_vtprune.model import VtpruneMixin
 
-    fill = VtpruneQwen3VLForConditionalGeneration._fill_middle
+    fill = VtpruneMixin._fill_middle
 
     def recording_fill(self, features, layout, selection):
         mask = torch.zeros(layout.unpruned, dtype=torch.bool)
@@ -78,7 +81,7 @@ def install(recording: Recording, *, lm_hook: bool = True) -> None:
         recording.encodes[key] = recording.encodes.get(key, 0) + 1
         return fill(self, features, layout, selection)
 
-    VtpruneQwen3VLForConditionalGeneration._fill_middle = recording_fill
+    VtpruneMixin._fill_middle = recording_fill
 
     v1_forward = GPUModelRunner._model_forward
 
@@ -128,7 +131,8 @@ def install(recording: Recording, *, lm_hook: bool = True) -> None:
         qwen3_vl.Qwen3LLMModel.forward = recording_lm_forward
 
 
-def oracle(request: dict[str, Any], selections: dict[tuple, torch.Tensor], config) -> tuple[torch.Tensor, int, bool]:
+def oracle(request: dict[str, Any], selections: dict[tuple, torch.Tensor], config,
+           tokenizer) -> tuple[torch.Tensor, int, bool]:
     """Stock Qwen3-VL positions of the unpruned prompt at the tokens this prompt holds, the decode offset, and
     whether the prompt has a pruned video."""
     from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration
@@ -155,10 +159,10 @@ def oracle(request: dict[str, Any], selections: dict[tuple, torch.Tensor], confi
         t, h, w = f["grid"][0], f["grid"][1] // merge, f["grid"][2] // merge
         if f["modality"] == "video" and f["kept"] < t * h * w:
             dynamic = True
-            matches = [k for k in selections if k[0] == (t, h, w) and k[2] == f["kept"]]
+            key = ((t, h, w), timestamp_ids(tokenizer, f["timestamps"]), f["kept"])
+            matches = [k for k in selections if k == key]
             if len(matches) != 1:
-                raise AssertionError(f"cannot tell which selection belongs to a {t}x{h}x{w} video keeping "
-                                     f"{f['kept']}: give the probe's videos distinct kept counts")
+                raise AssertionError(f"no selection was recorded for a {t}x{h}x{w} video keeping {f['kept']}")
             mask = selections[matches[0]].view(t, h * w)
             body = []
             for s, timestamp in enumerate(matches[0][1]):
@@ -181,9 +185,10 @@ def oracle(request: dict[str, Any], selections: dict[tuple, torch.Tensor], confi
     return positions[:, index_map], delta + len(unpruned) - len(prompt), dynamic
 
 
-def check(recording: Recording, config) -> dict[str, Any]:
+def check(recording: Recording, config, tokenizer) -> dict[str, Any]:
     """Compare every recorded row with the oracle; a JSON-able summary."""
-    expected = {req_id: oracle(r, recording.selections, config) for req_id, r in recording.requests.items()}
+    expected = {req_id: oracle(r, recording.selections, config, tokenizer)
+                for req_id, r in recording.requests.items()}
     mismatches, checked, prefill_steps, mixed = [], 0, {}, 0
     for number, step in enumerate(recording.steps):
         kinds = set()

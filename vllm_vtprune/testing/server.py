@@ -32,6 +32,7 @@ class VllmServer:
 
     def __init__(self, model: str | Path, args: Sequence[str] = (), *, env: Mapping[str, str] | None = None,
                  log_path: str | Path | None = None, startup_timeout: float = 300.0):
+        self.model = str(model)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [vllm_executable(), "serve", str(model), "--host", "127.0.0.1", "--port", str(self.port),
