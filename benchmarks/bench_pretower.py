@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for kind in KINDS:
         frames = make_frames(kind, num_frames, size, size)
-        raw = processor(videos=[frames], do_sample_frames=False, do_rescale=False, do_normalize=False, return_tensors="pt")
+        raw = processor(
+            videos=[frames], do_sample_frames=False, do_rescale=False, do_normalize=False, return_tensors="pt"
+        )
         pixels = processor(videos=[frames], do_sample_frames=False, return_tensors="pt")["pixel_values_videos"]
         grid_thw = [int(x) for x in raw["video_grid_thw"][0]]
         t1 = time.perf_counter()

@@ -224,9 +224,7 @@ def _water_filling(weights: list[int], total: int, floor: int, capacity: list[in
 )
 def test_allocate_proportional_is_exact_water_filling(data, t: int, floor: int) -> None:
     capacity = data.draw(st.lists(st.integers(floor, floor + 6), min_size=t, max_size=t))
-    weights = data.draw(
-        st.lists(st.one_of(st.just(0), st.integers(0, 10**9)), min_size=t, max_size=t), label="weights"
-    )
+    weights = data.draw(st.lists(st.one_of(st.just(0), st.integers(0, 10**9)), min_size=t, max_size=t), label="weights")
     total = data.draw(st.integers(t * floor, sum(capacity) + 3), label="total")
     got = allocate_proportional(
         torch.tensor(weights), total, floor=floor, capacity=torch.tensor(capacity, dtype=torch.long)

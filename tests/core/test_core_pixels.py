@@ -32,9 +32,7 @@ def test_group_rows_are_the_processors_merge_groups(video_processor) -> None:
     import numpy as np
 
     frames_n, height, width = 6, 64, 96
-    f, y, x, c = np.meshgrid(
-        np.arange(frames_n), np.arange(height), np.arange(width), np.arange(3), indexing="ij"
-    )
+    f, y, x, c = np.meshgrid(np.arange(frames_n), np.arange(height), np.arange(width), np.arange(3), indexing="ij")
     frames = ((f * 7 + y * 3 + x * 5 + c * 11) % 251).astype(np.uint8)  # distinct neighbours in every axis
     rows, grid_thw = _process(video_processor, frames, do_resize=False, do_rescale=False, do_normalize=False)
     assert rows.dtype == torch.uint8 and grid_thw == [3, 4, 6]

@@ -35,7 +35,11 @@ def test_round_trip_canonical_form_and_inherited_floor() -> None:
         ({"method": "vcast", "pre_tower": {"method": "novelty", "pre_tower": {}}}, "cannot have its own"),
         ({"method": "vcast", "pre_tower": "novelty"}, "must be a mapping"),
         (
-            {"method": "vcast", "min_tokens_per_slice": 3, "pre_tower": {"method": "novelty", "min_tokens_per_slice": 2}},
+            {
+                "method": "vcast",
+                "min_tokens_per_slice": 3,
+                "pre_tower": {"method": "novelty", "min_tokens_per_slice": 2},
+            },
             "pre_tower.min_tokens_per_slice=2 is below vtprune.min_tokens_per_slice=3",
         ),
         ({"method": "vcast", "pre_tower": {"method": "novelty", "options": {"scope": "video"}}}, "not an option"),

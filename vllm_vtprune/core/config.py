@@ -73,12 +73,15 @@ class PruneConfig:
         if not isinstance(pre, PruneConfig):
             raise ValueError(f"vtprune.pre_tower must be a mapping of pre-tower settings, got {pre!r}")
         if stage != "post_tower":
-            raise ValueError(f"vtprune.method {self.method!r} runs before the tower; with vtprune.pre_tower set, "
-                             "vtprune.method must be a post-tower method")
+            raise ValueError(
+                f"vtprune.method {self.method!r} runs before the tower; with vtprune.pre_tower set, "
+                "vtprune.method must be a post-tower method"
+            )
         pre_stage = get_method(pre.method).stage
         if pre_stage != "pre_tower" or pre.pre_tower is not None:
-            raise ValueError(f"vtprune.pre_tower.method must be a pre-tower method without its own pre_tower, "
-                             f"got {pre.method!r}")
+            raise ValueError(
+                f"vtprune.pre_tower.method must be a pre-tower method without its own pre_tower, got {pre.method!r}"
+            )
         if pre.min_tokens_per_slice < self.min_tokens_per_slice:
             raise ValueError(
                 f"vtprune.pre_tower.min_tokens_per_slice={pre.min_tokens_per_slice} is below "

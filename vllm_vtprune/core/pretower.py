@@ -30,7 +30,7 @@ from .registry import get_method
 from .selection import Selection, _check_contract, total_budget
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PreTowerSelection(Selection):
     """Groups kept before the tower for one video (``state`` is always None).
 
@@ -38,8 +38,8 @@ class PreTowerSelection(Selection):
     slice_source: int64 [T], -1 or the index of the earlier identical slice (see the module docstring).
     """
 
-    grid: Grid = (1, 1, 1)
-    slice_source: torch.Tensor | None = None
+    grid: Grid
+    slice_source: torch.Tensor
 
     def computed(self) -> torch.Tensor:
         """The kept groups the tower must compute (those of slices with no source), ascending."""
