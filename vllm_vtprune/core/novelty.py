@@ -22,8 +22,9 @@ Selection, for a video of T slices of G = H*W groups (``D`` levels each):
 4. Within slice t, keep the ``k_t`` groups with the largest novelty ``n[t, g] = sum |x[t, g] - ref[g]|``, where
    ``ref[g]`` is group g's pixels at the last slice where g was KEPT (option ``reference="last_kept"``, default;
    RLT with its drift fixed: a slowly drifting group is kept again once its total change since it was last shown
-   wins) or at slice t-1 (``reference="previous"``: RLT's and EVS's adjacent comparison). A group never kept yet
-   has infinite novelty (slice 0: all groups). Ties: lower raster index.
+   wins) or at slice t-1 (``reference="previous"``: RLT's and EVS's adjacent comparison). Slice 0 has no
+   reference (infinite novelty, EVS's sentinel); with ``last_kept`` neither has a group never kept so far, so a
+   group dropped from a partially kept first slice is shown at the next opportunity. Ties: lower raster index.
 
 The last-kept reference makes step 4 sequential over slices (the reference depends on earlier choices): it is a
 loop over slices, each step one vectorised pass over the slice's G x D levels; ``reference="previous"`` needs no

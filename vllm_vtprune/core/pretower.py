@@ -108,16 +108,20 @@ def _select_video(levels: torch.Tensor, grid: Grid, cfg: PruneConfig) -> PreTowe
 
 def repeated_slices(levels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """int64 [T]: for each slice, -1 or the first earlier slice with the same kept groups and identical kept
-    levels. One 128-bit BLAKE2 digest per slice finds candidates (hashing bytes is C code, like the slice
-    cache's keys); candidates are confirmed by exact comparison, so a collision cannot alias two slices."""
-    source = torch.full((levels.shape[0],), -1, dtype=torch.long)
-    first_with: dict[bytes, int] = {}
-    keep_cpu, levels_cpu = keep.cpu(), levels.cpu()
-    for t in range(levels.shape[0]):
-        kept = levels_cpu[t][keep_cpu[t]]
-        digest = hashlib.blake2b(keep_cpu[t].numpy().tobytes(), digest_size=16)
-        digest.update(kept.numpy().tobytes())
-        s = first_with.setdefault(digest.digest(), t)
-        if s != t and torch.equal(keep_cpu[t], keep_cpu[s]) and torch.equal(kept, levels_cpu[s][keep_cpu[s]]):
-            source[t] = s
+    levels. Only slices whose keep mask occurs more than once are candidates; among them a 128-bit BLAKE2 digest of
+    the kept levels finds earlier matches (hashing bytes is C code, like the slice cache's keys), confirmed by exact
+    comparison, so a collision cannot alias two slices."""
+    t = levels.shape[0]
+    source = torch.full((t,), -1, dtype=torch.long)
+    keep_cpu = keep.cpu()
+    _, mask_id = torch.unique(keep_cpu, dim=0, return_inverse=True)
+    shared = torch.bincount(mask_id)[mask_id] > 1
+    first_with: dict[tuple[int, bytes], int] = {}
+    for s in shared.nonzero().flatten().tolist():
+        kept = levels[s][keep[s]].cpu()
+        owner = first_with.setdefault(
+            (int(mask_id[s]), hashlib.blake2b(kept.numpy().tobytes(), digest_size=16).digest()), s
+        )
+        if owner != s and torch.equal(kept, levels[owner][keep[owner]].cpu()):
+            source[s] = owner
     return source.to(keep.device)
