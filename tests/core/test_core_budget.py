@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vllm_vtprune.core import PruneConfig, total_budget
-from vllm_vtprune.core.budget import allocate_like_vcast, ratio_budget, split_by_room
+from vllm_vtprune.core.budget import allocate_like_vcast, allocate_proportional, ratio_budget, split_by_room
 from vllm_vtprune.core.ranking import top_k_mask
 
 
@@ -187,3 +189,57 @@ def test_top_k_mask_matches_a_sorted_reference(rows, cols, data) -> None:
     for r in range(rows):
         best = sorted(range(cols), key=lambda c: (-values[r * cols + c], c))[: k[r]]
         assert sorted(best) == mask[r].nonzero().flatten().tolist()
+
+
+def _water_filling(weights: list[int], total: int, floor: int, capacity: list[int]) -> list[int]:
+    """Reference for ``allocate_proportional`` with exact fractions, one slice at a time."""
+    alloc = [floor] * len(weights)
+    remaining = min(total, sum(capacity)) - sum(alloc)
+    active = [c > floor for c in capacity]
+    while remaining > 0:
+        w = [wt if a else 0 for wt, a in zip(weights, active)]
+        if sum(w) == 0:
+            w = [c - x if a else 0 for c, x, a in zip(capacity, alloc, active)]
+        shares = [Fraction(wt * remaining, sum(w)) for wt in w]
+        full = [i for i, a in enumerate(active) if a and shares[i] >= capacity[i] - alloc[i]]
+        if full:
+            for i in full:
+                remaining -= capacity[i] - alloc[i]
+                alloc[i], active[i] = capacity[i], False
+            continue
+        base = [int(sh) if a else 0 for sh, a in zip(shares, active)]
+        leftover = remaining - sum(base)
+        order = sorted((i for i in range(len(w)) if active[i]), key=lambda i: (-(shares[i] - base[i]), i))
+        for j, i in enumerate(order):
+            alloc[i] += base[i] + (j < leftover)
+        remaining = 0
+    return alloc
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    data=st.data(),
+    t=st.integers(1, 8),
+    floor=st.integers(0, 3),
+)
+def test_allocate_proportional_is_exact_water_filling(data, t: int, floor: int) -> None:
+    capacity = data.draw(st.lists(st.integers(floor, floor + 6), min_size=t, max_size=t))
+    weights = data.draw(st.lists(st.one_of(st.just(0), st.integers(0, 10**9)), min_size=t, max_size=t), label="weights")
+    total = data.draw(st.integers(t * floor, sum(capacity) + 3), label="total")
+    got = allocate_proportional(
+        torch.tensor(weights), total, floor=floor, capacity=torch.tensor(capacity, dtype=torch.long)
+    )
+    assert got.tolist() == _water_filling(weights, total, floor, capacity)
+    assert int(got.sum()) == min(total, sum(capacity))
+    assert all(floor <= a <= c for a, c in zip(got.tolist(), capacity))
+
+
+def test_allocate_proportional_examples() -> None:
+    cap = torch.tensor([10, 10, 10])
+    assert allocate_proportional(torch.tensor([1, 1, 2]), 8, floor=0, capacity=cap).tolist() == [2, 2, 4]
+    assert allocate_proportional(torch.tensor([1, 1, 1]), 8, floor=0, capacity=cap).tolist() == [3, 3, 2]
+    # the heavy slice is full; the other two share what is left
+    assert allocate_proportional(torch.tensor([100, 1, 1]), 16, floor=1, capacity=cap).tolist() == [10, 3, 3]
+    # no weight anywhere: in proportion to room
+    room = torch.tensor([2, 6, 10])
+    assert allocate_proportional(torch.tensor([0, 0, 0]), 9, floor=0, capacity=room).tolist() == [1, 3, 5]

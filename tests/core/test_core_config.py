@@ -103,7 +103,8 @@ def test_digest_depends_on_every_field_and_is_stable_across_processes() -> None:
         ({"min_tokens_per_slice": 1.0}, r"vtprune.min_tokens_per_slice must be an integer >= 0"),
         (
             {"method": "foo"},
-            r"^vtprune.method 'foo' is unknown; choose one of \['evs', 'mssavt', 'none', 'stc', 'vcast'\]$",
+            r"^vtprune.method 'foo' is unknown; choose one of \['evs', 'mssavt', 'none', 'stc', 'vcast'\] "
+            r"\(before the tower: \['dedup', 'novelty'\]\)$",
         ),
         ({"method": 3}, r"vtprune.method must be a string, got 3"),
         ({"methd": "stc"}, r"vtprune.methd is not a known key; choose from"),

@@ -80,3 +80,41 @@ def split_by_room(room: torch.Tensor, total: int | torch.Tensor) -> torch.Tensor
     remainder = scaled - base * room_sum
     rank = ranks_from_order(stable_order(remainder, descending=True))
     return base + (rank < total - base.sum()).long()
+
+
+def allocate_proportional(weights: torch.Tensor, total: int, *, floor: int, capacity: torch.Tensor) -> torch.Tensor:
+    """Split ``total`` over slices: ``floor`` each, the rest in proportion to ``weights`` [T] (int64, >= 0), never
+    above ``capacity`` [T] (int64, each >= ``floor``); exact integer arithmetic.
+
+    Water-filling: a slice whose exact share ``w_t * R / sum(w)`` reaches its room is filled and the others share
+    what remains, until no share overflows; then textbook largest remainder (``floor(share)`` each, one more token
+    for the largest remainders, ties: lowest index). Slices of zero weight get nothing while a weighted slice has
+    room; when no slice with room has weight, the rest is shared in proportion to room. Returns int64 [T] summing
+    to ``min(total, sum(capacity))``. Weights times ``total`` must fit in int64 (pixel L1 masses of any realistic
+    video do, by six orders of magnitude).
+    """
+    alloc = torch.full_like(capacity, floor)
+    room = capacity - alloc
+    remaining = min(total, int(capacity.sum())) - int(alloc.sum())
+    active = room > 0
+    while remaining > 0:
+        w = torch.where(active, weights, 0)
+        if int(w.sum()) == 0:
+            w = torch.where(active, room, 0)
+        total_weight = int(w.sum())
+        share_num = w * remaining  # exact share of slice t: share_num[t] / total_weight
+        full = active & (share_num >= room * total_weight)
+        if bool(full.any()):
+            remaining -= int(room[full].sum())
+            alloc = alloc + torch.where(full, room, 0)
+            room = torch.where(full, 0, room)
+            active = active & ~full
+            continue
+        base = share_num // total_weight
+        remainder = torch.where(active, share_num - base * total_weight, -1)
+        alloc = alloc + base
+        leftover = remaining - int(base.sum())  # below the number of slices with a remainder, each with room
+        rank = ranks_from_order(stable_order(remainder, descending=True))
+        alloc = alloc + (rank < leftover).long()
+        remaining = 0
+    return alloc

@@ -2,6 +2,13 @@
 
 The canonical form (all defaults filled, options sorted) goes into vLLM's multimodal hash through ``digest()``,
 so two requests that would select different tokens never share an encoder-cache entry.
+
+Two stages: ``{"method": "vcast", "retention": 0.5, "pre_tower": {"method": "novelty", "retention": 0.5}}``
+first keeps ``B1 = total_budget(grid, pre_tower)`` merge groups chosen from the pixels (the tower runs on those
+only), then the post-tower method keeps ``B2 = two_stage_budget(B1, T, cfg)`` of them (``selection.stage_budgets``).
+The pre-tower config's ``min_tokens_per_slice`` defaults to the top-level one and may not be smaller, so every
+slice reaches the post-tower stage with at least the post-tower floor. ``pre_tower`` appears in the canonical form
+only when set, so single-stage configs keep their digests.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Any
 from .options import finite_number, short_name, short_repr
 from .registry import get_method
 
-_KEYS = ("method", "min_tokens_per_slice", "options", "retention")
+_KEYS = ("method", "min_tokens_per_slice", "options", "pre_tower", "retention")
 
 
 @dataclass(frozen=True)
@@ -28,12 +35,15 @@ class PruneConfig:
     options: the method's options as sorted ``(name, value)`` pairs with every default filled in; a mapping or a
         partial list is accepted and canonicalised, so ``PruneConfig(method="stc")`` equals
         ``PruneConfig.from_dict({"method": "stc"})``.
+    pre_tower: the stage run on pixels before the vision tower (a config of a ``pre_tower`` method), or None.
+        A config whose own method is a pre-tower method is the pre-tower stage itself (``select_pretower``).
     """
 
     method: str = "none"
     retention: float = 1.0
     min_tokens_per_slice: int = 1
     options: tuple[tuple[str, Any], ...] = ()
+    pre_tower: PruneConfig | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str):
@@ -55,6 +65,29 @@ class PruneConfig:
             ) from None
         object.__setattr__(self, "retention", retention)
         object.__setattr__(self, "options", method.Options.parse(self.method, options).items())
+        if self.pre_tower is not None:
+            self._check_pre_tower(method.stage)
+
+    def _check_pre_tower(self, stage: str) -> None:
+        pre = self.pre_tower
+        if not isinstance(pre, PruneConfig):
+            raise ValueError(f"vtprune.pre_tower must be a mapping of pre-tower settings, got {short_repr(pre)}")
+        if stage != "post_tower":
+            raise ValueError(
+                f"vtprune.method {self.method!r} runs before the tower; with vtprune.pre_tower set, "
+                "vtprune.method must be a post-tower method"
+            )
+        pre_stage = get_method(pre.method).stage
+        if pre_stage != "pre_tower" or pre.pre_tower is not None:
+            raise ValueError(
+                f"vtprune.pre_tower.method must be a pre-tower method without its own pre_tower, got {pre.method!r}"
+            )
+        if pre.min_tokens_per_slice < self.min_tokens_per_slice:
+            raise ValueError(
+                f"vtprune.pre_tower.min_tokens_per_slice={pre.min_tokens_per_slice} is below "
+                f"vtprune.min_tokens_per_slice={self.min_tokens_per_slice}: a slice could reach the post-tower "
+                "stage with fewer groups than its floor"
+            )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PruneConfig:
@@ -69,16 +102,29 @@ class PruneConfig:
             options = {}
         if not isinstance(options, Mapping):
             raise ValueError(f"vtprune.options must be a mapping of option names to values, got {short_repr(options)}")
-        return cls(**{k: v for k, v in d.items() if k != "options"}, options=tuple(options.items()))
+        pre_tower = d.get("pre_tower")
+        if pre_tower is not None:
+            if not isinstance(pre_tower, Mapping):
+                raise ValueError(
+                    f"vtprune.pre_tower must be a mapping of pre-tower settings, got {short_repr(pre_tower)}")
+            if "pre_tower" in pre_tower:
+                raise ValueError("vtprune.pre_tower cannot have its own pre_tower")
+            inherited = {"min_tokens_per_slice": d["min_tokens_per_slice"]} if "min_tokens_per_slice" in d else {}
+            pre_tower = cls.from_dict({**inherited, **pre_tower})
+        rest = {k: v for k, v in d.items() if k not in ("options", "pre_tower")}
+        return cls(**rest, options=tuple(options.items()), pre_tower=pre_tower)
 
     def to_dict(self) -> dict[str, Any]:
         """Canonical JSON-serialisable form with every default filled; ``from_dict(to_dict(c)) == c``."""
-        return {
+        d = {
             "method": self.method,
             "retention": self.retention,
             "min_tokens_per_slice": self.min_tokens_per_slice,
             "options": dict(self.options),
         }
+        if self.pre_tower is not None:
+            d["pre_tower"] = self.pre_tower.to_dict()
+        return d
 
     def digest(self) -> str:
         """Stable 16-hex-digit hash of the canonical JSON (same value in every process and on every machine)."""

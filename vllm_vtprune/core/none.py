@@ -24,6 +24,10 @@ class KeepAll(PruningMethod):
         return t * h * w
 
     @classmethod
+    def two_stage_budget(cls, kept: int, grid_t: int, cfg: PruneConfig) -> int:
+        return kept
+
+    @classmethod
     def select(
         cls, x: torch.Tensor, grid: Grid, budget: int, cfg: PruneConfig, state: StreamState | None
     ) -> tuple[torch.Tensor, None]:

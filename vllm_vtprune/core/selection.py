@@ -51,7 +51,25 @@ def total_budget(grid: Grid, cfg: PruneConfig) -> int:
 
     vLLM sizes the video placeholder with it before the vision tower runs. Raises ValueError when the config
     cannot be met for this grid (a per-slice floor above the slice size, or a budget above the token count).
+    With a pre-tower stage it is the second stage's budget (``stage_budgets``).
     """
+    return stage_budgets(grid, cfg)[-1]
+
+
+def stage_budgets(grid: Grid, cfg: PruneConfig) -> tuple[int, ...]:
+    """``(B,)`` for a single-stage config; ``(B1, B2)`` with a pre-tower stage: B1 groups survive the pre-tower
+    stage (and run through the tower), ``B2 = two_stage_budget(B1, T, cfg) <= B1`` reach the LLM."""
+    if cfg.pre_tower is None:
+        return (_stage_budget(grid, cfg),)
+    kept = _stage_budget(grid, cfg.pre_tower)
+    _stage_budget(grid, cfg)  # validates the post-tower config against the grid (its floor)
+    final = get_method(cfg.method).two_stage_budget(kept, grid[0], cfg)
+    if not 1 <= final <= kept:
+        raise ValueError(f"method {cfg.method!r} asks for {final} of the {kept} groups kept before the tower")
+    return kept, final
+
+
+def _stage_budget(grid: Grid, cfg: PruneConfig) -> int:
     t, h, w = grid = check_grid(grid)
     if cfg.min_tokens_per_slice > h * w:
         raise ValueError(
@@ -122,6 +140,11 @@ def _video_features(rows: torch.Tensor, grid: Grid) -> torch.Tensor:
 
 
 def _select_video(x: torch.Tensor, grid: Grid, cfg: PruneConfig, state: StreamState | None, budget: int) -> Selection:
+    if get_method(cfg.method).stage != "post_tower" or cfg.pre_tower is not None:
+        raise ValueError(
+            f"select_tokens runs post-tower methods on full grids; {cfg.method!r} with pre_tower={cfg.pre_tower} "
+            "needs the pre-tower driver (vllm_vtprune.core.pretower) first"
+        )
     t, h, w = grid
     if not 1 <= budget <= t * h * w:
         raise ValueError(f"budget {budget} is outside [1, {t * h * w}] for grid (T, H, W) = {grid}")
