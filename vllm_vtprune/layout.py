@@ -4,9 +4,11 @@ Qwen3-VL writes a video as, per temporal slice ``t``: the timestamp text ``<x.y 
 the slice's ``<|video_pad|>`` tokens and ``<|vision_end|>``. vLLM must size the placeholder before the vision
 tower runs, so two layouts exist:
 
-- **exact**: every slice keeps a number of tokens known before the tower (today: all of them, i.e. method
-  ``none`` or retention 1.0). The prompt is vLLM's own layout and only the pads carry embeddings, so the
-  request is accounted, placed and computed exactly as vanilla vLLM would.
+- **exact**: the tokens each slice keeps are known before the tower: all of them (method ``none`` or
+  retention 1.0), or those a pre-tower stage chose from the pixels in the API server (``cells``). The prompt
+  is vLLM's own layout with each slice's kept count, only the pads carry embeddings, and every position is
+  final at request start; with every token kept the request is accounted, placed and computed exactly as
+  vanilla vLLM would.
 - **dynamic**: a post-tower method decides how many tokens each slice keeps (V-CAST's per-slice budgets, the
   temporal stages), so the real per-slice layout is only known after the tower. The placeholder is
   ``ts_0 <|vision_start|> <|video_pad|> * middle <|vision_end|>``: the first timestamp, its vision start and the
@@ -58,6 +60,11 @@ def timestamp_ids(tokenizer, timestamps: Sequence[float]) -> tuple[tuple[int, ..
     return tuple(_encode(tokenizer, timestamp_text(float(s))) for s in timestamps)
 
 
+def known_before_tower(cfg: PruneConfig) -> bool:
+    """Whether ``cfg`` decides every kept token before the tower: a pre-tower stage and no post-tower method."""
+    return cfg.pre_tower is not None and cfg.method == "none"
+
+
 def text_row_allowance(tokenizer, max_slices: int) -> int:
     """Extra embedding rows a dynamic middle may need beyond the unpruned pads: the timestamp and markers of
     every slice but the first, for the longest video the processor produces."""
@@ -66,11 +73,13 @@ def text_row_allowance(tokenizer, max_slices: int) -> int:
 
 @dataclass(frozen=True)
 class VideoLayout:
-    """One video's placeholder. ``grid`` is the LLM token grid ``(T, H', W')``; ``kept`` the tokens kept."""
+    """One video's placeholder. ``grid`` is the LLM token grid ``(T, H', W')``; ``kept`` the tokens kept;
+    ``cells`` the kept tokens (``t*H'*W' + g``, ascending) when a pre-tower stage chose them."""
 
     grid: tuple[int, int, int]
     timestamps: tuple[tuple[int, ...], ...]  # token ids of each slice's timestamp
     kept: int
+    cells: tuple[int, ...] | None = None
 
     @property
     def unpruned(self) -> int:
@@ -79,7 +88,17 @@ class VideoLayout:
 
     @property
     def exact(self) -> bool:
-        return self.kept == self.unpruned
+        return self.kept == self.unpruned or self.cells is not None
+
+    def per_slice(self) -> list[int]:
+        """Tokens kept by each slice of an exact layout."""
+        t, h, w = self.grid
+        if self.cells is None:
+            return [h * w] * t
+        counts = [0] * t
+        for cell in self.cells:
+            counts[cell // (h * w)] += 1
+        return counts
 
     @property
     def middle_text_rows(self) -> int:
@@ -97,26 +116,28 @@ class VideoLayout:
 
     def prompt_ids(self, ids: TokenIds) -> list[int]:
         """The placeholder's token ids. Exact: Qwen3-VL's own. Dynamic: see the module docstring."""
-        t, h, w = self.grid
         if self.exact:
             out: list[int] = []
-            for ts in self.timestamps:
-                out += [*ts, ids.vision_start, *([ids.video_pad] * (h * w)), ids.vision_end]
+            for ts, count in zip(self.timestamps, self.per_slice()):
+                out += [*ts, ids.vision_start, *([ids.video_pad] * count), ids.vision_end]
             return out
         return [*self.timestamps[0], ids.vision_start, *([ids.video_pad] * self.middle_len), ids.vision_end]
 
 
 
 def plan_layout(grid: tuple[int, int, int], timestamps: Sequence[float], cfg: PruneConfig, tokenizer,
-                allowance: int) -> VideoLayout:
+                allowance: int, cells: Sequence[int] | None = None) -> VideoLayout:
     """The layout of a video of LLM grid ``grid`` under ``cfg``; a pure function of its arguments.
 
     ``allowance``: extra rows beyond the unpruned count a dynamic middle may take (``text_row_allowance``).
+    ``cells``: the tokens a pre-tower stage kept, for a config whose post-tower method is ``none``.
     Raises ValueError when ``cfg`` cannot be met for this grid (caught as HTTP 400 in the API server).
     """
     ts = timestamp_ids(tokenizer, timestamps)
     if len(ts) != grid[0]:
         raise ValueError(f"video has {len(ts)} timestamps for {grid[0]} temporal slices")
+    if cells is not None:
+        return VideoLayout(grid, ts, len(cells), tuple(cells))
     budget = total_budget(grid, cfg)
     layout = VideoLayout(grid, ts, budget)
     if layout.exact:

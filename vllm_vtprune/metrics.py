@@ -101,6 +101,12 @@ class WorkerMetrics:
             self.tower_seconds_saved = Counter("vtprune:vision_tower_seconds_saved",
                                                "Estimated vision-tower time saved by the slice cache and STC-Cacher.",
                                                registry=None)
+            self.tower_patches_requested = Counter("vtprune:tower_patches_requested",
+                                                   "Vision-tower patches of the videos encoded (unpruned).",
+                                                   registry=None)
+            self.tower_patches_computed = Counter("vtprune:tower_patches_computed",
+                                                  "Vision-tower patches computed (after pre-tower pruning, cache "
+                                                  "hits and selective recomputation).", registry=None)
             self.selection_fallbacks = Counter("vtprune:selection_fallbacks",
                                                "Videos whose method failed and got an evenly spaced selection.",
                                                registry=None)
@@ -120,8 +126,15 @@ class WorkerMetrics:
         self.stream_resets.inc(store.resets - getattr(self, "_resets_seen", 0))
         self._resets_seen = store.resets
 
+    def record_subset_tower(self, unpruned_patches: int, computed_patches: int) -> None:
+        """A tower pass on the tokens a pre-tower stage kept."""
+        self.tower_patches_requested.inc(unpruned_patches)
+        self.tower_patches_computed.inc(computed_patches)
+
     def record_encode(self, stats) -> None:
         """Account one ``VideoEncoder.encode`` call (``vllm_vtprune.vision.EncodeStats``)."""
+        self.tower_patches_requested.inc(stats.tokens_total)
+        self.tower_patches_computed.inc(stats.tokens_computed)
         self.slice_cache_hits.inc(stats.slices_from_cache)
         self.slice_cache_misses.inc(stats.slices_computed)
         self.cacher_selective_slices.inc(stats.cacher_selective_slices)

@@ -41,16 +41,26 @@ from vllm.utils.gpu_sync_debug import gpu_sync_allowed
 
 from vllm_vtprune.core import Selection, select_tokens
 from vllm_vtprune.core.selection import uniform_selection
-from vllm_vtprune.layout import TokenIds, VideoLayout, timestamp_ids
+from vllm_vtprune.layout import TokenIds, VideoLayout, known_before_tower, timestamp_ids
 from vllm_vtprune.log import get_logger
 from vllm_vtprune.metrics import WorkerMetrics
 from vllm_vtprune.mrope import digits_for, encode_rows, middle_plan, recompute_positions, request_positions
-from vllm_vtprune.processor import VtpruneQwen3VLProcessor, llm_grid, with_text_row_allowance
+from vllm_vtprune.processor import VtpruneQwen3VLProcessor, item_layout, llm_grid, with_text_row_allowance
 from vllm_vtprune.settings import server_settings
 from vllm_vtprune.streams import StreamStore
 from vllm_vtprune.timing import StageTimer
 from vllm_vtprune.vision import VideoEncoder
-from vllm_vtprune.wire import PLAN_FIELD, SLICE_KEYS_FIELD, ItemPlan, decode_plan
+from vllm_vtprune.vision.subset_tower import run_subset_tower
+from vllm_vtprune.wire import (
+    FIELDS,
+    KEPT_FIELD,
+    PLAN_FIELD,
+    ROWS_FIELD,
+    SLICE_KEYS_FIELD,
+    SOURCE_FIELD,
+    ItemPlan,
+    decode_plan,
+)
 
 logger = get_logger(__name__)
 
@@ -100,24 +110,22 @@ class VtpruneMixin:
 
     # ---- after the vision tower -------------------------------------------------------------------
     def embed_multimodal(self, **kwargs: object):
-        plans = kwargs.pop(PLAN_FIELD, None)
-        keys = kwargs.pop(SLICE_KEYS_FIELD, None)
+        ours = {name: kwargs.pop(name, None) for name in FIELDS}
         inputs = self._parse_and_validate_multimodal_inputs(**kwargs)
         embeddings: list[torch.Tensor] = []
         for modality, modality_input in inputs.items():
             if modality == "image":
                 embeddings.extend(self._process_image_input(modality_input))
             elif modality == "video":
-                embeddings.extend(self._embed_videos(modality_input, [decode_plan(p) for p in plans], keys))
+                embeddings.extend(self._embed_videos(modality_input, _videos(modality_input, ours)))
         return tuple(embeddings)
 
-    def _embed_videos(self, video_input, plans: list[ItemPlan], keys) -> list[torch.Tensor]:
-        grids_thw = video_input["video_grid_thw"].tolist()
+    def _embed_videos(self, video_input, videos: list[_Video]) -> list[torch.Tensor]:
         timer = StageTimer(video_input["video_grid_thw"].device)
-        features = self._run_tower(video_input, grids_thw, plans, keys)
+        features = self._run_tower(video_input, videos)
         timer.mark("tower")
-        layouts = [VideoLayout(llm_grid(g, self.merge_size), timestamp_ids(self._tokenizer, ts), p.kept)
-                   for g, ts, p in zip(grids_thw, video_input["timestamps"], plans)]
+        layouts = [video.layout(self._tokenizer, self.merge_size) for video in videos]
+        plans = [video.plan for video in videos]
         selections = [self._select(f, layout, plan) for f, layout, plan in zip(features, layouts, plans)]
         timer.mark("selection")
         out = [f if layout.exact else self._fill_middle(f, layout, sel)
@@ -136,27 +144,34 @@ class VtpruneMixin:
                          hashlib.sha1(b"".join(kept)).hexdigest()[:12])
         return out
 
-    def _run_tower(self, video_input, grids_thw, plans: list[ItemPlan], keys) -> list[torch.Tensor]:
+    def _run_tower(self, video_input, videos: list[_Video]) -> list[torch.Tensor]:
         """Tower outputs per video, in passes no larger than the patches vLLM profiled (the scheduler charges a
-        pruned video its placeholder, far fewer rows than the tower computes), reusing work where the settings
-        allow: exact per-slice cache hits and STC-Cacher's selective recomputation."""
+        pruned video its placeholder, far fewer rows than the tower computes). A video pruned before the tower
+        runs on its kept tokens only; the others reuse work where their settings allow (exact per-slice cache
+        hits, STC-Cacher's selective recomputation)."""
         if video_input["type"] != "pixel_values_videos":  # precomputed embeddings: no tower to save
             return list(self._process_video_input(video_input))
-        if keys is None:  # a list, or one stacked tensor when every video has the same number of slices
-            keys = [None] * len(plans)
-        keys = [k if k is not None and k.numel() else None for k in keys]
-        pixels = video_input["pixel_values_videos"].split([t * h * w for t, h, w in grids_thw])
+        pixels = video_input["pixel_values_videos"].split([video.rows for video in videos])
         features: list[torch.Tensor] = []
-        for videos in _passes([t * h * w for t, h, w in grids_thw], self.max_tower_patches):
-            px = torch.cat([pixels[i] for i in videos]) if len(videos) > 1 else pixels[videos[0]]
-            grids = [grids_thw[i] for i in videos]
+        for group in _passes([video.rows for video in videos], self.max_tower_patches,
+                             [video.kept is not None for video in videos]):
+            px = torch.cat([pixels[i] for i in group]) if len(group) > 1 else pixels[group[0]]
+            batch = [videos[i] for i in group]
+            grids = [video.grid_thw for video in batch]
+            if batch[0].kept is not None:
+                kept = [video.kept.to(px.device) for video in batch]
+                out = run_subset_tower(self.visual, px, grids, kept, [video.source for video in batch])
+                features.extend(out.split([k.numel() for k in kept]))
+                if self.metrics is not None:
+                    self.metrics.record_subset_tower(sum(v.unpruned_patches for v in batch), px.shape[0])
+                continue
             try:
-                out, stats = self.video_encoder.encode(px, grids, [plans[i].settings.cacher for i in videos],
-                                                       [keys[i] for i in videos],
-                                                       [plans[i].settings.slice_cache for i in videos])
+                out, stats = self.video_encoder.encode(px, grids, [v.plan.settings.cacher for v in batch],
+                                                       [v.slice_keys for v in batch],
+                                                       [v.plan.settings.slice_cache for v in batch])
             except Exception:  # the reuse paths depend on request settings: never let them take the engine down
                 logger.exception("vtprune: vision-tower reuse failed on %d video(s); running the stock tower",
-                                 len(videos))
+                                 len(batch))
                 if self.metrics is not None:
                     self.metrics.tower_fallbacks.inc()
                 out = list(self.visual(px, grid_thw=grids).split([t * h * w // self.merge_size**2
@@ -214,13 +229,11 @@ class VtpruneMixin:
         data = feature.data
         if feature.modality != "video" or data is None or PLAN_FIELD not in data:
             return None
-        return VideoLayout(llm_grid(data["video_grid_thw"].data.tolist(), self.merge_size),
-                           timestamp_ids(self._tokenizer, data["timestamps"].data),
-                           decode_plan(data[PLAN_FIELD].data).kept)
+        return item_layout(data, self._tokenizer, self.merge_size)
 
     def get_mrope_input_positions(self, input_tokens, mm_features):
         stock = super().get_mrope_input_positions
-        if all(layout is None or layout.exact for layout in map(self._layout_of, mm_features)):
+        if all(layout is None or layout.kept == layout.unpruned for layout in map(self._layout_of, mm_features)):
             return stock(input_tokens, mm_features)
         return request_positions(input_tokens, mm_features, self._layout_of, self.ids, stock)
 
@@ -250,19 +263,65 @@ def _profiled_tower_patches(vllm_config, merge_size: int) -> int:
     return max(1, items) * tokens * merge_size**2
 
 
-def _passes(patches: list[int], limit: int) -> list[list[int]]:
+def _passes(patches: list[int], limit: int, kinds: list[object] | None = None) -> list[list[int]]:
     """Consecutive videos grouped so each group's patches stay within ``limit`` (a larger video goes alone:
-    vLLM profiled at least one video of the largest size)."""
+    vLLM profiled at least one video of the largest size) and holds one ``kind`` of tower run."""
+    kinds = kinds or [None] * len(patches)
     passes: list[list[int]] = []
     total = 0
     for i, n in enumerate(patches):
-        if passes and total + n <= limit:
+        if passes and total + n <= limit and kinds[passes[-1][0]] == kinds[i]:
             passes[-1].append(i)
             total += n
         else:
             passes.append([i])
             total = n
     return passes
+
+
+@dataclasses.dataclass
+class _Video:
+    """One video of an encoder batch, with what the processor shipped for it (``wire``)."""
+
+    grid_thw: list[int]
+    timestamps: object
+    plan: ItemPlan
+    rows: int  # pixel rows shipped
+    slice_keys: torch.Tensor | None
+    kept: torch.Tensor | None  # tokens a pre-tower stage kept (None: no pre-tower stage)
+    source: torch.Tensor | None
+
+    @property
+    def unpruned_patches(self) -> int:
+        t, h, w = self.grid_thw
+        return t * h * w
+
+    def layout(self, tokenizer, merge_size: int) -> VideoLayout:
+        cells = tuple(self.kept.tolist()) if self.kept is not None and known_before_tower(self.plan.settings.prune) \
+            else None
+        return VideoLayout(llm_grid(self.grid_thw, merge_size), timestamp_ids(tokenizer, self.timestamps),
+                           self.plan.kept, cells)
+
+
+def _videos(video_input, fields: dict[str, object]) -> list[_Video]:
+    """The batch's videos with the plugin's fields (lists per video; a tensor stacked when shapes agree)."""
+    grids = video_input["video_grid_thw"].tolist()
+
+    def per_video(name):
+        values = fields.get(name)
+        return [None] * len(grids) if values is None else list(values)
+
+    videos = []
+    for grid, ts, plan, keys, kept, source, rows in zip(grids, video_input["timestamps"], per_video(PLAN_FIELD),
+                                                         per_video(SLICE_KEYS_FIELD), per_video(KEPT_FIELD),
+                                                         per_video(SOURCE_FIELD), per_video(ROWS_FIELD)):
+        pre_tower = kept is not None and kept.numel() > 0
+        videos.append(_Video(
+            grid, ts, decode_plan(plan), int(rows) if rows is not None else grid[0] * grid[1] * grid[2],
+            keys if keys is not None and keys.numel() else None,
+            kept if pre_tower else None, source if pre_tower else None,
+        ))
+    return videos
 
 
 def _with_plugin_processor(info: type) -> Callable[[type], type]:

@@ -96,11 +96,12 @@ def request_positions(
     ids: TokenIds,
     stock: Callable[[list[int], list], tuple[torch.Tensor, int]],
 ) -> tuple[torch.Tensor, int]:
-    """Positions of a prompt whose dynamic videos are laid out as in ``layout``.
+    """Positions of a prompt whose pruned videos are laid out as in ``layout``.
 
-    Rebuilds the unpruned prompt (every dynamic placeholder replaced by Qwen3-VL's full layout), lets ``stock``
-    (Qwen3-VL's own function) place it, and reads each token's position off it: outside a middle a token takes
-    its own unpruned position, every middle row the position of slice 0's first grid token.
+    Rebuilds the unpruned prompt (every pruned placeholder replaced by Qwen3-VL's full layout), lets ``stock``
+    (Qwen3-VL's own function) place it, and reads each token's position off it: a token outside a middle takes
+    its own unpruned position (a kept cell of a video pruned before the tower, its cell's), every middle row the
+    position of slice 0's first grid token.
     """
     import dataclasses
 
@@ -113,12 +114,15 @@ def request_positions(
         offset, length = f.mm_position.offset, f.mm_position.length
         layout = layout_of(f)
         body = input_tokens[offset:offset + length]
-        if layout is not None and not layout.exact:
+        if layout is not None and layout.kept < layout.unpruned:
             body = VideoLayout(layout.grid, layout.timestamps, layout.unpruned).prompt_ids(ids)
-            prefix, middle = layout.prefix_len, layout.middle_len
             src[offset + length:] += len(body) - length
-            src[offset + prefix:offset + prefix + middle] = offset + shift + prefix
-            src[offset + prefix + middle] = offset + shift + len(body) - 1
+            if layout.exact:
+                src[offset:offset + length] = offset + shift + _kept_in_full_layout(layout)
+            else:
+                prefix, middle = layout.prefix_len, layout.middle_len
+                src[offset + prefix:offset + prefix + middle] = offset + shift + prefix
+                src[offset + prefix + middle] = offset + shift + len(body) - 1
         unpruned += input_tokens[cursor:offset] + body
         position = dataclasses.replace(f.mm_position, offset=offset + shift, length=len(body))
         unpruned_features.append(dataclasses.replace(f, mm_position=position))
@@ -128,6 +132,21 @@ def request_positions(
     positions, _ = stock(unpruned, unpruned_features)
     delta = int(positions.max()) + 1 - len(input_tokens)
     return positions[:, torch.from_numpy(src)], delta
+
+
+def _kept_in_full_layout(layout: VideoLayout) -> np.ndarray:
+    """For each token of an exact pruned placeholder, its index in the unpruned placeholder."""
+    t, h, w = layout.grid
+    keep = np.zeros((t, h * w), dtype=bool)
+    keep.flat[list(layout.cells)] = True
+    index, start = [], 0
+    for ts, cells in zip(layout.timestamps, keep):
+        text = len(ts) + 1
+        index += range(start, start + text)  # the slice's timestamp and vision start
+        index += (start + text + np.flatnonzero(cells)).tolist()  # its kept cells
+        index.append(start + text + h * w)  # its vision end
+        start += text + h * w + 1
+    return np.asarray(index, dtype=np.int64)
 
 
 # ---- in vLLM's pruning hook ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ Runs in the API server (and in the engine core for profiling). For every video i
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,12 +23,31 @@ from vllm.multimodal.hasher import MultiModalHasher
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails
 
-from vllm_vtprune.layout import TokenIds, VideoLayout, plan_layout, text_row_allowance, timestamp_ids
+from vllm_vtprune.core.pixels import PixelNorm
+from vllm_vtprune.core.pretower import select_pretower
+from vllm_vtprune.layout import (
+    TokenIds,
+    VideoLayout,
+    known_before_tower,
+    plan_layout,
+    text_row_allowance,
+    timestamp_ids,
+)
 from vllm_vtprune.log import get_logger
 from vllm_vtprune.metrics import VideoAccount, api_server_metrics
 from vllm_vtprune.settings import REQUEST_KEY, VtpruneSettings, server_settings
 from vllm_vtprune.vision import slice_key_salt, slice_keys
-from vllm_vtprune.wire import PLAN_FIELD, SLICE_KEYS_FIELD, ItemPlan, decode_plan, empty_slice_keys
+from vllm_vtprune.wire import (
+    KEPT_FIELD,
+    PLAN_FIELD,
+    ROWS_FIELD,
+    SLICE_KEYS_FIELD,
+    SOURCE_FIELD,
+    ItemPlan,
+    decode_plan,
+    empty_slice_keys,
+    no_pre_tower,
+)
 
 logger = get_logger(__name__)
 
@@ -119,23 +139,48 @@ class VtpruneQwen3VLProcessor(Qwen3VLMultiModalProcessor):
         processed = super()._apply_hf_processor_main(mm_items, self._without_ours(hf_kwargs))
         if "video_grid_thw" not in processed:
             return processed
+        if _PROFILING.get() and settings.prune.pre_tower is not None:
+            # vLLM profiles the tower's peak memory with these dummies: run it on every token.
+            settings = dataclasses.replace(settings, prune=dataclasses.replace(settings.prune, pre_tower=None))
         grids = processed["video_grid_thw"].tolist()
         tokenizer = self.info.get_tokenizer()
         allowance = self.info.text_row_allowance()
         server = server_settings()
         pixels = processed["pixel_values_videos"].split([t * h * w for t, h, w in grids])
-        plans, keys = [], []
+        out = {name: [] for name in (PLAN_FIELD, SLICE_KEYS_FIELD, KEPT_FIELD, SOURCE_FIELD, ROWS_FIELD)}
+        shipped = []
         for grid, timestamps, px in zip(grids, processed["timestamps"], pixels):
-            layout = plan_layout(llm_grid(grid, self._merge), timestamps, settings.prune, tokenizer, allowance)
+            kept, source = no_pre_tower(), no_pre_tower()
+            if settings.prune.pre_tower is not None:
+                selection = select_pretower(px, [grid], [settings.prune.pre_tower], merge_size=self._merge,
+                                            norm=self._pixel_norm(px))[0]
+                kept, source = selection.kept, selection.slice_source
+                px = px[selection.pixel_rows(self._merge)]  # only the kept tokens' pixels go to the worker
+            cells = kept.tolist() if known_before_tower(settings.prune) else None
+            layout = plan_layout(llm_grid(grid, self._merge), timestamps, settings.prune, tokenizer, allowance,
+                                 cells)
             if settings.prune != server.prune:
                 server_layout = plan_layout(llm_grid(grid, self._merge), timestamps, server.prune, tokenizer,
                                             allowance)
                 server.check_budget(layout.kept, server_layout.kept)
-            plans.append(ItemPlan(settings, layout.kept, self._stream_item(settings, px)).encode())
-            keys.append(self._slice_keys(px, grid, settings))
-        processed[PLAN_FIELD] = plans
-        processed[SLICE_KEYS_FIELD] = keys
+            out[PLAN_FIELD].append(ItemPlan(settings, layout.kept, self._stream_item(settings, px)).encode())
+            out[SLICE_KEYS_FIELD].append(self._slice_keys(px, grid, settings) if not kept.numel()
+                                         else empty_slice_keys())
+            out[KEPT_FIELD].append(kept)
+            out[SOURCE_FIELD].append(source)
+            out[ROWS_FIELD].append(torch.tensor([px.shape[0]]))
+            shipped.append(px)
+        processed.update(out)
+        processed["pixel_values_videos"] = torch.cat(shipped)
         return processed
+
+    def _pixel_norm(self, pixels: torch.Tensor) -> PixelNorm | None:
+        """How the processor normalised the rows a pre-tower method scores (none: vLLM normalises on the
+        device and ships 8-bit levels)."""
+        if pixels.dtype == torch.uint8:
+            return None
+        processor = self.info.get_video_processor()
+        return PixelNorm(tuple(processor.image_mean), tuple(processor.image_std), processor.rescale_factor)
 
     def _stream_item(self, settings: VtpruneSettings, pixels: torch.Tensor) -> str | None:
         """Names the item within its stream, so a video encoded twice advances its stream once (stateful
@@ -154,8 +199,11 @@ class VtpruneQwen3VLProcessor(Qwen3VLMultiModalProcessor):
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
         fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
-        for name in (PLAN_FIELD, SLICE_KEYS_FIELD):
+        for name in (PLAN_FIELD, SLICE_KEYS_FIELD, KEPT_FIELD, SOURCE_FIELD, ROWS_FIELD):
             fields[name] = MultiModalFieldConfig.batched("video", keep_on_cpu=True)
+        if ROWS_FIELD in hf_inputs:  # a pre-tower stage ships fewer rows than the grid holds
+            rows = torch.cat(list(hf_inputs[ROWS_FIELD]))
+            fields["pixel_values_videos"] = MultiModalFieldConfig.flat_from_sizes("video", rows)
         return fields
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
@@ -164,10 +212,7 @@ class VtpruneQwen3VLProcessor(Qwen3VLMultiModalProcessor):
         tokenizer = self.info.get_tokenizer()
 
         def video_replacement(item_idx: int) -> PromptUpdateDetails:
-            item = out_mm_kwargs["video"][item_idx]
-            layout = VideoLayout(llm_grid(item["video_grid_thw"].data.tolist(), self._merge),
-                                 timestamp_ids(tokenizer, item["timestamps"].data),
-                                 decode_plan(item[PLAN_FIELD].data).kept)
+            layout = item_layout(out_mm_kwargs["video"][item_idx], tokenizer, self._merge)
             # Exact: only pads carry embeddings, as in vLLM. Dynamic: the pads are exactly the middle.
             return PromptUpdateDetails.select_token_id(layout.prompt_ids(ids), ids.video_pad)
 
@@ -176,6 +221,15 @@ class VtpruneQwen3VLProcessor(Qwen3VLMultiModalProcessor):
             if u.modality == "video" else u
             for u in updates
         ]
+
+
+def item_layout(data: Mapping[str, Any], tokenizer, merge: int) -> VideoLayout:
+    """The layout the processor decided for a processed video item (the same in the API server and worker)."""
+    plan = decode_plan(data[PLAN_FIELD].data)
+    kept = data[KEPT_FIELD].data
+    cells = tuple(kept.tolist()) if known_before_tower(plan.settings.prune) and kept.numel() else None
+    return VideoLayout(llm_grid(data["video_grid_thw"].data.tolist(), merge),
+                       timestamp_ids(tokenizer, data["timestamps"].data), plan.kept, cells)
 
 
 def video_account(item: Mapping[str, Any], merge: int) -> VideoAccount:

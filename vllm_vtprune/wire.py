@@ -7,6 +7,11 @@ Fields (``MultiModalFieldConfig.batched("video", keep_on_cpu=True)``):
 - ``vtprune``: the item's plan as UTF-8 JSON bytes (uint8 tensor): ``{"settings": {...}, "kept": K,
   "stream_item": key?}``; decoded once per distinct value.
 - ``vtprune_slice_keys``: int64 ``[T, 2]`` per-slice content keys for the slice cache; ``[0, 2]`` when unused.
+- ``vtprune_kept``: int64 ``[B1]``, the tokens a pre-tower stage kept (``t*H*W + g``, ascending); empty for a
+  video with no pre-tower stage. Only these tokens' pixel rows cross to the worker.
+- ``vtprune_slice_source``: int64 ``[T]``, -1 or the earlier slice whose kept pixels a slice repeats exactly
+  (computed once in the worker); empty with no pre-tower stage.
+- ``vtprune_pixel_rows``: int64 ``[1]``, the rows of ``pixel_values_videos`` the item ships.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from vllm_vtprune.settings import VtpruneSettings
 
 PLAN_FIELD = "vtprune"
 SLICE_KEYS_FIELD = "vtprune_slice_keys"
-FIELDS = (PLAN_FIELD, SLICE_KEYS_FIELD)
+KEPT_FIELD = "vtprune_kept"
+SOURCE_FIELD = "vtprune_slice_source"
+ROWS_FIELD = "vtprune_pixel_rows"
+FIELDS = (PLAN_FIELD, SLICE_KEYS_FIELD, KEPT_FIELD, SOURCE_FIELD, ROWS_FIELD)
 
 
 @dataclass(frozen=True)
@@ -49,3 +57,7 @@ def decode_plan(data: torch.Tensor) -> ItemPlan:
 
 def empty_slice_keys() -> torch.Tensor:
     return torch.zeros(0, 2, dtype=torch.int64)
+
+
+def no_pre_tower() -> torch.Tensor:
+    return torch.zeros(0, dtype=torch.int64)

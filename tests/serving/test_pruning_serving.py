@@ -63,9 +63,27 @@ def test_prompt_tokens_shrink_exactly_by_the_budget(plugin_server, chat, videos,
         assert budget < t * h * w
 
 
+@pytest.mark.parametrize("pre_tower", ["novelty", "dedup"])
+@pytest.mark.parametrize("retention", [0.5, 0.25, 0.1])
+def test_pre_tower_prompt_tokens_shrink_exactly_by_the_budget(plugin_server, chat, videos, token_ids, pre_tower,
+                                                               retention):
+    """Decided from the pixels in the API server: the tower runs on the kept tokens only, and the prompt is
+    vLLM's own layout with each slice's kept count."""
+    client = chat(plugin_server)
+    base = unpruned(client, [videos["moving_objects"]])
+    t, h, w = video_grid(base, token_ids)
+    cfg = {"method": "none", "pre_tower": {"method": pre_tower, "retention": retention}}
+    reply = client.ask([videos["moving_objects"]], vtprune=cfg, return_token_ids=True)
+    budget = total_budget((t, h, w), PruneConfig.from_dict(cfg))
+    assert reply.usage.prompt_tokens == base.usage.prompt_tokens - t * h * w + budget < base.usage.prompt_tokens
+    _, pad = token_ids
+    assert sum(tok == pad for tok in reply.prompt_token_ids) == budget  # only kept tokens are pads
+
+
 @pytest.mark.parametrize("arch", ARCHS, indirect=True)
 @pytest.mark.parametrize("vtprune", [{"method": "none"}, {"method": "vcast", "retention": 1.0},
-                                     {"method": "stc", "retention": 1.0}])
+                                     {"method": "stc", "retention": 1.0},
+                                     {"method": "none", "pre_tower": {"method": "novelty", "retention": 1.0}}])
 def test_full_retention_is_token_identical_to_vanilla(vanilla_server, plugin_server, chat, videos, vtprune):
     """Every token kept: vLLM's own layout, computed exactly as vanilla vLLM does. Both requests are computed
     cold (a fresh cache salt each): a prompt resumed from the prefix cache runs other attention kernels, whose

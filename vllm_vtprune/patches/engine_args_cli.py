@@ -29,6 +29,7 @@ _FLAGS = {
     "vtprune_retention": "retention",
     "vtprune_min_tokens_per_slice": "min_tokens_per_slice",
     "vtprune_options": "options",
+    "vtprune_pre_tower": "pre_tower",
     "vtprune_cacher": "cacher",
     "vtprune_slice_cache_mb": "slice_cache_mb",
     "vtprune_stream_state_mb": "stream_state_mb",
@@ -73,6 +74,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vtprune-min-tokens-per-slice", type=_non_negative_int,
                        help="Floor of kept tokens per temporal slice.")
     group.add_argument("--vtprune-options", type=_json_object, help="Method options as a JSON object.")
+    group.add_argument("--vtprune-pre-tower", type=_json_object,
+                       help='Pruning decided from the pixels before the vision tower, e.g. \'{"method": "novelty", '
+                            '"retention": 0.5}\' (then --vtprune-method picks among the kept tokens; "none" keeps '
+                            'them all).')
     group.add_argument("--vtprune-cacher", type=_json_object,
                        help='STC-Cacher in the vision tower, e.g. \'{"enabled": true, "recompute_ratio": 0.25}\'.')
     group.add_argument("--vtprune-slice-cache-mb", type=_non_negative_int,

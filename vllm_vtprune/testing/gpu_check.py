@@ -30,6 +30,8 @@ MIXED = [
     {"a-vcast": ("moving_objects", False, {"method": "vcast", "retention": 0.25}, "What happens?"),
      "b-stc": ("slow_pan", False, {"method": "stc", "retention": 0.3}, "Where does it pan?"),
      "c-none": ("scene_cut", False, {"method": "none"}, "Is there a cut?"),
+     "c-pretower": ("near_static", False, {"method": "none", "pre_tower": {"method": "novelty", "retention": 0.25}},
+                    "What changes?"),
      "d-image": (None, True, None, "Describe the image."),
      "e-text": (None, False, None, "Count from zero.")},
     {"f-vcast-cached": ("moving_objects", False, {"method": "vcast", "retention": 0.25},

@@ -47,7 +47,8 @@ class Recording:
 
 
 def _describe(prompt: list[int], mm_features) -> dict[str, Any]:
-    from vllm_vtprune.wire import PLAN_FIELD, decode_plan
+    from vllm_vtprune.layout import known_before_tower
+    from vllm_vtprune.wire import KEPT_FIELD, PLAN_FIELD, decode_plan
 
     features = []
     for f in sorted(mm_features, key=lambda f: f.mm_position.offset):
@@ -55,8 +56,11 @@ def _describe(prompt: list[int], mm_features) -> dict[str, Any]:
         d = {"modality": f.modality, "offset": f.mm_position.offset, "length": f.mm_position.length,
              "grid": f.data[grid_key].data.tolist()}
         if f.modality == "video":
-            d["kept"] = decode_plan(f.data[PLAN_FIELD].data).kept
+            plan = decode_plan(f.data[PLAN_FIELD].data)
+            d["kept"] = plan.kept
             d["timestamps"] = [float(x) for x in f.data["timestamps"].data]
+            if known_before_tower(plan.settings.prune):  # chosen from the pixels in the API server
+                d["cells"] = f.data[KEPT_FIELD].data.tolist()
         features.append(d)
     return {"prompt": list(prompt), "features": features}
 
@@ -159,13 +163,18 @@ def oracle(request: dict[str, Any], selections: dict[tuple, torch.Tensor], confi
         t, h, w = f["grid"][0], f["grid"][1] // merge, f["grid"][2] // merge
         if f["modality"] == "video" and f["kept"] < t * h * w:
             dynamic = True
-            key = ((t, h, w), timestamp_ids(tokenizer, f["timestamps"]), f["kept"])
-            matches = [k for k in selections if k == key]
-            if len(matches) != 1:
-                raise AssertionError(f"no selection was recorded for a {t}x{h}x{w} video keeping {f['kept']}")
-            mask = selections[matches[0]].view(t, h * w)
+            timestamps = timestamp_ids(tokenizer, f["timestamps"])
+            if "cells" in f:
+                mask = torch.zeros(t * h * w, dtype=torch.bool)
+                mask[f["cells"]] = True
+            else:
+                key = ((t, h, w), timestamps, f["kept"])
+                if key not in selections:
+                    raise AssertionError(f"no selection was recorded for a {t}x{h}x{w} video keeping {f['kept']}")
+                mask = selections[key]
+            mask = mask.view(t, h * w)
             body = []
-            for s, timestamp in enumerate(matches[0][1]):
+            for s, timestamp in enumerate(timestamps):
                 text = [*timestamp, config.vision_start_token_id]
                 index_map += [start + len(body) + j for j in range(len(text))]
                 body += text
