@@ -41,9 +41,7 @@ def slice_floors(counts: torch.Tensor, min_k: int, total: int) -> torch.Tensor:
     return floors if total >= int(floors.sum()) else torch.zeros_like(floors)
 
 
-def allocate_like_vcast(
-    weights: torch.Tensor, total: int, *, min_k: int, capacity: int | torch.Tensor
-) -> torch.Tensor:
+def allocate_like_vcast(weights: torch.Tensor, total: int, *, min_k: int, capacity: int | torch.Tensor) -> torch.Tensor:
     """V-CAST's ``_allocate_budget_per_frame``, vectorised: split ``total`` over slices by ``weights`` [T].
 
     Each slice gets ``min_k`` (0 for all if ``total < T * min_k``); the remaining ``B'`` is shared as

@@ -30,11 +30,12 @@ stage remove the neighbour that justified a spatial prune. The temporal stage co
 previous slice, as DTD does, so it does not depend on the spatial stage.
 
 Budget (must be known before the vision tower): total ``B = max(T*min_k, clip(round(T*H*W*R), 1, T*H*W))``
-(Python round); a caller's smaller budget that cannot give every slice ``min_k`` drops the floor. Of the ``P = T*H*W - B`` tokens to prune, the temporal stage takes ``round(temporal_share * P)``
+(Python round). Of the ``P = T*H*W - B`` tokens to prune, the temporal stage takes ``round(temporal_share * P)``
 (default 0.5: an even split; the paper fixes none), or as many as its referenced slices can give while keeping
 ``min_k`` each; the spatial stage prunes the rest, split over slices in proportion to each slice's survivors above
 ``min_k`` (exact largest remainder), so every slice loses the same fraction of what it can lose. The per-slice
-split thus depends on the features, the total never does.
+split thus depends on the features, the total never does. A caller's budget below ``T*min_k`` drops the floor
+(every slice may then lose all its tokens; before, such a budget could stop the rounds from converging).
 
 Stream state: the ``dtd`` and ``evs`` stages use the previous chunk's last slice as slice 0's reference.
 
@@ -251,14 +252,20 @@ def trace_selection(
     steps_back = sorted(set(reference_offsets(opts.temporal, t)) - {0})
     right, below, *back = shifted_row_cosines(flat, [1, w] + [d * hw for d in steps_back], norms)
     cosine_back = {d: cos.view(t - d, hw) for d, cos in zip(steps_back, back)}
-    previous, previous_present = (
-        _previous_slice(state, x, grid) if opts.temporal in STAGES_WITH_STATE else (None, None)
-    )
+    previous, previous_present = _previous_slice(state, x, grid) if opts.temporal in STAGES_WITH_STATE else (None, None)
     first_slice_cosine = None if previous is None else rows_cosine(x[0], previous, norms[:hw])
     temporal_target = round(opts.temporal_share * to_prune)
     dropped = temporal_drop(
-        opts.temporal, cosine_back, t, hw, temporal_target, floor, first_slice_cosine, x.device,
-        valid=valid, first_slice_reference=previous_present,
+        opts.temporal,
+        cosine_back,
+        t,
+        hw,
+        temporal_target,
+        floor,
+        first_slice_cosine,
+        x.device,
+        valid=valid,
+        first_slice_reference=previous_present,
     )
     alive = present & ~dropped
     need = split_by_room(alive.sum(1) - floors, to_prune - dropped.sum())

@@ -160,7 +160,11 @@ def kept_mask(kept: torch.Tensor, grid: Grid) -> torch.Tensor:
     return mask.view(t, h * w)
 
 
-def _checked_valid(mask: torch.Tensor | None, grid: Grid, cfg: PruneConfig, device: torch.device) -> torch.Tensor | None:
+def _checked_valid(
+    mask: torch.Tensor | None, grid: Grid, cfg: PruneConfig, device: torch.device
+) -> torch.Tensor | None:
+    """The video's mask on the features' device after checking it against the grid and the config (None: a full
+    grid), or ValueError."""
     t, h, w = grid
     if get_method(cfg.method).stage != "post_tower":
         raise ValueError(

@@ -67,9 +67,7 @@ def curvature(trajectory: torch.Tensor) -> torch.Tensor:
     return kappa
 
 
-def dual_anchor_scores(
-    x: torch.Tensor, trajectory: torch.Tensor, valid: torch.Tensor | None = None
-) -> torch.Tensor:
+def dual_anchor_scores(x: torch.Tensor, trajectory: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Contextual-diversity plus feature-activation score of each token: x [T, HW, C], trajectory [T, C] -> [T, HW].
 
     valid: bool [T, HW], the tokens present; the activation term's min-max runs over them (scores elsewhere are
