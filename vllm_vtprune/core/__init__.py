@@ -1,7 +1,8 @@
 """Pure-torch video-token selection for Qwen3-VL: budgets, methods and the selection driver.
 
 No vLLM import here: the vLLM adapter calls ``total_budget`` while building placeholders and ``select_tokens`` on
-the merger output, then gathers main and DeepStack rows with the returned indices.
+the merger output, then gathers main and DeepStack rows with the returned indices. Two-stage configs pass
+``valid=[kept_mask(kept, grid)]`` with the subset tower's rows (``selection.py``).
 """
 
 from .budget import Grid
@@ -12,7 +13,9 @@ from .selection import (
     SelectionContractError,
     gather_rows,
     global_row_indices,
+    kept_mask,
     select_tokens,
+    stage_budgets,
     total_budget,
 )
 from .state import StreamState
@@ -28,7 +31,9 @@ __all__ = [
     "gather_rows",
     "get_method",
     "global_row_indices",
+    "kept_mask",
     "register_method",
     "select_tokens",
+    "stage_budgets",
     "total_budget",
 ]

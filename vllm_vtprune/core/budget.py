@@ -34,7 +34,14 @@ def ratio_budget(capacity: int, retention: float) -> int:
     return max(1, min(capacity, round(capacity * retention)))
 
 
-def allocate_like_vcast(weights: torch.Tensor, total: int, *, min_k: int, capacity: int) -> torch.Tensor:
+def slice_floors(counts: torch.Tensor, min_k: int, total: int) -> torch.Tensor:
+    """Per-slice floor ``min(min_k, n_t)`` of slices holding ``counts`` [T] (int64) tokens, or zeros when ``total``
+    cannot cover them all. On a full grid (``n_t = H*W >= min_k``) this is V-CAST's ``min_k`` rule."""
+    floors = counts.clamp_max(min_k)
+    return floors if total >= int(floors.sum()) else torch.zeros_like(floors)
+
+
+def allocate_like_vcast(weights: torch.Tensor, total: int, *, min_k: int, capacity: int | torch.Tensor) -> torch.Tensor:
     """V-CAST's ``_allocate_budget_per_frame``, vectorised: split ``total`` over slices by ``weights`` [T].
 
     Each slice gets ``min_k`` (0 for all if ``total < T * min_k``); the remaining ``B'`` is shared as
@@ -43,20 +50,24 @@ def allocate_like_vcast(weights: torch.Tensor, total: int, *, min_k: int, capaci
     the official loop's behaviour: it never lowers a remainder it has served, so the leftover piles onto one
     slice instead of one token per slice as textbook largest-remainder would. The official overshoot branch is
     unreachable (the floors never sum above ``B'``) and is not reproduced. Returns int64 [T] summing to
-    ``min(total, T * capacity)``.
+    ``min(total, sum of capacities)``.
+
+    ``capacity`` is H*W (the official case) or, on a partial grid, the tokens present in each slice (int64 [T]);
+    a slice's floor is then ``min(min_k, capacity_t)`` (``slice_floors``) and the shares of full slices flow to
+    the others through the leftover rule.
     """
     t = weights.shape[0]
-    total = max(0, min(total, t * capacity))
-    base_k = min_k if total >= t * min_k else 0
-    alloc = torch.full((t,), base_k, dtype=torch.long, device=weights.device)
-    remaining = total - t * base_k
+    capacity = torch.as_tensor(capacity, dtype=torch.long, device=weights.device).expand(t)
+    total = max(0, min(total, int(capacity.sum())))
+    alloc = slice_floors(capacity, min_k, total)
+    remaining = total - int(alloc.sum())
     if remaining <= 0:
         return alloc
     w = weights.float().clamp_min(0.0)
     w = torch.where(w.sum() > 0, w, torch.ones_like(w))
     raw = w / w.sum().clamp_min(1e-6) * remaining
     floors = torch.floor(raw)
-    alloc = alloc + floors.long().clamp_max(capacity - base_k)
+    alloc = alloc + torch.minimum(floors.long(), capacity - alloc)
     room = capacity - alloc
     frac = torch.where(room > 0, raw - floors, torch.full_like(raw, -1.0))
     order = torch.argsort(frac, descending=True, stable=True)
@@ -80,6 +91,16 @@ def split_by_room(room: torch.Tensor, total: int | torch.Tensor) -> torch.Tensor
     remainder = scaled - base * room_sum
     rank = ranks_from_order(stable_order(remainder, descending=True))
     return base + (rank < total - base.sum()).long()
+
+
+def split_with_floor(room: torch.Tensor, total: int, min_k: int) -> torch.Tensor:
+    """``slice_floors(room, min_k, total)`` to each slice, the rest ``split_by_room`` over what room is left.
+
+    With equal rooms this is ``split_by_room(room, total)`` exactly (both give ``total // T`` each and one more
+    to the first ``total % T`` slices); with ragged rooms it keeps the floor that a plain proportional split
+    could break. Requires ``total <= sum(room)``."""
+    floors = slice_floors(room, min_k, total)
+    return floors + split_by_room(room - floors, total - int(floors.sum()))
 
 
 def allocate_proportional(weights: torch.Tensor, total: int, *, floor: int, capacity: torch.Tensor) -> torch.Tensor:

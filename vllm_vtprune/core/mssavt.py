@@ -34,9 +34,18 @@ Budget (must be known before the vision tower): total ``B = max(T*min_k, clip(ro
 (default 0.5: an even split; the paper fixes none), or as many as its referenced slices can give while keeping
 ``min_k`` each; the spatial stage prunes the rest, split over slices in proportion to each slice's survivors above
 ``min_k`` (exact largest remainder), so every slice loses the same fraction of what it can lose. The per-slice
-split thus depends on the features, the total never does.
+split thus depends on the features, the total never does. A caller's budget below ``T*min_k`` drops the floor
+(every slice may then lose all its tokens; before, such a budget could stop the rounds from converging).
 
 Stream state: the ``dtd`` and ``evs`` stages use the previous chunk's last slice as slice 0's reference.
+
+Partial grid (second stage after a pre-tower stage; ``valid`` [T, H*W], ``n_t`` tokens present in slice t): the
+tokens absent are never alive: the spatial rounds start from ``alive = valid`` minus the temporal drops, and a
+neighbour that is absent is no neighbour (not in MSSAVT, not in the fallback's full-grid MSSAVT). The temporal
+stage treats a token whose reference position is absent as not similar (``temporal.py``). Floors are
+``min(min_k, n_t)``; the spatial split stays proportional to each slice's survivors above its floor. The stream
+state keeps the last slice dense (zero where absent) with ``last_slice_valid``, the positions present, so that the
+next chunk's slice 0 only compares with computed features.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from .budget import ratio_budget, split_by_room
+from .budget import ratio_budget, slice_floors, split_by_room
 from .options import MethodOptions, option_error
 from .ranking import stable_order, top_k_mask
 from .registry import PruningMethod, register_method
@@ -198,9 +207,12 @@ def _spatial_rounds(
     return rounds, fallbacks
 
 
-def _previous_slice(state: StreamState | None, x: torch.Tensor, grid: Grid) -> torch.Tensor | None:
+def _previous_slice(
+    state: StreamState | None, x: torch.Tensor, grid: Grid
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The previous chunk's last slice [H*W, C] fp32 and its positions present [H*W] (None: all), if usable."""
     if state is None or state.last_slice is None:
-        return None
+        return None, None
     _, h, w = grid
     if tuple(state.last_slice.shape) != (h, w, x.shape[-1]):
         logger.debug(
@@ -209,35 +221,58 @@ def _previous_slice(state: StreamState | None, x: torch.Tensor, grid: Grid) -> t
             grid,
             x.shape[-1],
         )
-        return None
-    return state.last_slice.to(x.device, torch.float32).view(h * w, -1)
+        return None, None
+    present = None if state.last_slice_valid is None else state.last_slice_valid.to(x.device).view(h * w)
+    return state.last_slice.to(x.device, torch.float32).view(h * w, -1), present
 
 
 def trace_selection(
-    x: torch.Tensor, grid: Grid, budget: int, cfg: PruneConfig, state: StreamState | None = None
+    x: torch.Tensor,
+    grid: Grid,
+    budget: int,
+    cfg: PruneConfig,
+    state: StreamState | None = None,
+    valid: torch.Tensor | None = None,
 ) -> MssavtTrace:
-    """Run MSSAVT on features ``x`` [T, H*W, C] and return what every stage pruned."""
+    """Run MSSAVT on features ``x`` [T, H*W, C] (zero outside ``valid`` [T, H*W], if given) and return what every
+    stage pruned."""
     opts: MssavtOptions = MssavtPruner.options(cfg)
     t, h, w = grid
     hw = h * w
-    to_prune = t * hw - budget
+    present = torch.ones(t, hw, dtype=torch.bool, device=x.device) if valid is None else valid
+    to_prune = (t * hw if valid is None else int(valid.sum())) - budget
     if to_prune == 0:
-        keep = torch.ones(t, hw, dtype=torch.bool, device=x.device)
-        return MssavtTrace(temporal=~keep, rounds=[], fallback=[], keep=keep)
+        keep = present.clone()
+        return MssavtTrace(temporal=torch.zeros_like(keep), rounds=[], fallback=[], keep=keep)
     flat = x.view(t * hw, -1)
     norms = row_norms(flat)
-    floor = min(cfg.min_tokens_per_slice, hw)
+    floors = slice_floors(present.sum(1), min(cfg.min_tokens_per_slice, hw), budget)
+    floor = int(floors.max())  # min(min_k, H*W), or 0 when the budget cannot cover every slice's floor
     # One blocked pass for the spatial neighbours (shifts 1 and W) and the temporal references (d slices back).
     steps_back = sorted(set(reference_offsets(opts.temporal, t)) - {0})
     right, below, *back = shifted_row_cosines(flat, [1, w] + [d * hw for d in steps_back], norms)
     cosine_back = {d: cos.view(t - d, hw) for d, cos in zip(steps_back, back)}
-    previous = _previous_slice(state, x, grid) if opts.temporal in STAGES_WITH_STATE else None
+    previous, previous_present = _previous_slice(state, x, grid) if opts.temporal in STAGES_WITH_STATE else (None, None)
     first_slice_cosine = None if previous is None else rows_cosine(x[0], previous, norms[:hw])
     temporal_target = round(opts.temporal_share * to_prune)
-    dropped = temporal_drop(opts.temporal, cosine_back, t, hw, temporal_target, floor, first_slice_cosine, x.device)
-    alive = ~dropped
-    need = split_by_room(alive.sum(1) - floor, to_prune - dropped.sum())
-    rounds, fallbacks = _spatial_rounds(neighbour_cosines(right, below, grid), alive, need, opts)
+    dropped = temporal_drop(
+        opts.temporal,
+        cosine_back,
+        t,
+        hw,
+        temporal_target,
+        floor,
+        first_slice_cosine,
+        x.device,
+        valid=valid,
+        first_slice_reference=previous_present,
+    )
+    alive = present & ~dropped
+    need = split_by_room(alive.sum(1) - floors, to_prune - dropped.sum())
+    cosines = neighbour_cosines(right, below, grid)
+    if valid is not None:  # an absent token is no neighbour
+        cosines = torch.where(_neighbour_values(valid.view(t, h, w), False), cosines, float("-inf"))
+    rounds, fallbacks = _spatial_rounds(cosines, alive, need, opts)
     return MssavtTrace(temporal=dropped, rounds=rounds, fallback=fallbacks, keep=alive)
 
 
@@ -245,6 +280,7 @@ def trace_selection(
 class MssavtPruner(PruningMethod):
     name = "mssavt"
     Options = MssavtOptions
+    partial_grid = True
 
     @classmethod
     def uses_stream_state(cls, cfg: PruneConfig) -> bool:
@@ -257,11 +293,18 @@ class MssavtPruner(PruningMethod):
 
     @classmethod
     def select(
-        cls, x: torch.Tensor, grid: Grid, budget: int, cfg: PruneConfig, state: StreamState | None
+        cls,
+        x: torch.Tensor,
+        grid: Grid,
+        budget: int,
+        cfg: PruneConfig,
+        state: StreamState | None,
+        valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, StreamState | None]:
-        keep = trace_selection(x, grid, budget, cfg, state).keep
+        keep = trace_selection(x, grid, budget, cfg, state, valid).keep
         if not cls.uses_stream_state(cfg):
             return keep, None
         _, h, w = grid
         last = x[-1].clone().view(h, w, -1)  # the features' own dtype: fp32 at use, same values
-        return keep, StreamState(method=cls.name, last_slice=last)
+        last_valid = None if valid is None else valid[-1].clone().view(h, w)
+        return keep, StreamState(method=cls.name, last_slice=last, last_slice_valid=last_valid)

@@ -1,4 +1,7 @@
-"""``none``: keep every token whatever the retention; the exactness baseline (output equals the unpruned model)."""
+"""``none``: keep every token whatever the retention; the exactness baseline (output equals the unpruned model).
+
+On a partial grid (after a pre-tower stage) it keeps every group present: the tokens are the pre-tower stage's.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ if TYPE_CHECKING:
 @register_method
 class KeepAll(PruningMethod):
     name = "none"
+    partial_grid = True
 
     @classmethod
     def total_budget(cls, grid: Grid, cfg: PruneConfig) -> int:
@@ -29,6 +33,14 @@ class KeepAll(PruningMethod):
 
     @classmethod
     def select(
-        cls, x: torch.Tensor, grid: Grid, budget: int, cfg: PruneConfig, state: StreamState | None
+        cls,
+        x: torch.Tensor,
+        grid: Grid,
+        budget: int,
+        cfg: PruneConfig,
+        state: StreamState | None,
+        valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, None]:
+        if valid is not None:
+            return valid.clone(), None
         return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device), None

@@ -4,6 +4,11 @@ A method is a class with a registry ``name``, an ``Options`` dataclass (see ``op
 ``total_budget(grid, cfg)`` and ``select(x, grid, budget, cfg, state) -> (keep_mask, new_state)``. The driver
 (``selection.py``) checks the contract for every method, so methods only compute a keep mask.
 
+Partial grids (the second stage of a two-stage config): a method with ``partial_grid = True`` also takes
+``select(..., valid)``, a bool [T, H*W] mask of the merge groups the vision tower computed; ``x`` is zero
+elsewhere, and the keep mask must lie inside ``valid``. The driver calls ``select`` without ``valid`` for full
+grids, so methods written for full grids only need no change.
+
 ``stage`` says where a method runs: ``"post_tower"`` methods (the default) select from the merger output
 (``selection.select_tokens``); ``"pre_tower"`` methods select from the video's pixels before the vision tower
 (``pretower.select_pretower``), with ``x`` the 8-bit pixel levels of each merge group [T, H*W, 4 * 3*2*16*16]
@@ -44,6 +49,7 @@ class PruningMethod:
     name: ClassVar[str]
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     stage: ClassVar[str] = "post_tower"
+    partial_grid: ClassVar[bool] = False  # whether ``select`` takes ``valid`` (see the module docstring)
 
     @classmethod
     def options(cls, cfg: PruneConfig) -> MethodOptions:
@@ -76,8 +82,14 @@ class PruningMethod:
         budget: int,
         cfg: PruneConfig,
         state: StreamState | None,
+        valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, StreamState | None]:
-        """Keep mask [T, H*W] (bool, exactly ``budget`` True) for features ``x`` [T, H*W, C], and the new state."""
+        """Keep mask [T, H*W] (bool, exactly ``budget`` True) for features ``x`` [T, H*W, C], and the new state.
+
+        valid: only with ``partial_grid``: bool [T, H*W], the groups present (``x`` is zero elsewhere); the keep
+            mask must lie inside it and keep ``min(min_tokens_per_slice, n_t)`` of the ``n_t`` groups of each
+            slice when the budget allows. None: every group is present (a full grid).
+        """
         raise NotImplementedError
 
 

@@ -11,16 +11,28 @@ and checks, for every method:
 
 A violation raises ``SelectionContractError`` naming the method, because a wrong count would misalign vLLM's
 placeholder tokens with the embeddings.
+
+Partial grids (two stages). After a pre-tower stage (``PruneConfig.pre_tower``) the vision tower ran on
+``B1`` merge groups only, ragged over the slices. ``select_tokens(..., valid=...)`` takes, per video, the bool
+mask [T, H*W] of those groups and the features of those groups only (the subset tower's rows, ascending
+``t*H*W + g``). The driver scatters them into a dense [T, H*W, C] tensor, zero at the absent groups, so that every
+method keeps its grid geometry (neighbours, same position in the previous slice) and its full-grid code; the
+methods mask their statistics, rankings and allocations with ``valid``. The contract becomes: exactly the budget
+(``B2`` of ``stage_budgets``), every kept token inside ``valid``, and a floor of ``min(min_tokens_per_slice, n_t)``
+for a slice with ``n_t`` groups present whenever the budget covers the sum of these floors. ``Selection.kept``
+stays in the original grid's indices; ``gather_rows``/``global_row_indices`` with ``valid`` map them to rows of
+the compact features. With every group present the selection is bit-identical to the full-grid one.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .budget import Grid, check_grid, split_by_room
+from .budget import Grid, check_grid, slice_floors, split_with_floor
 from .config import PruneConfig
 from .registry import get_method
 from .state import StreamState
@@ -36,7 +48,8 @@ class SelectionContractError(RuntimeError):
 class Selection:
     """Tokens kept for one video.
 
-    kept: int64 [total_budget], ascending row indices within the video (t-major, then raster h, w).
+    kept: int64 [total_budget], ascending indices ``t*H*W + g`` of the video's full grid (t-major, then raster
+        h, w), also for a partial grid (``valid``): see ``gather_rows`` for rows of compact features.
     per_slice: int64 [T], kept tokens per temporal slice; sums to total_budget.
     state: the stream state to pass with the stream's next chunk, or None for stateless methods.
     """
@@ -89,15 +102,21 @@ def select_tokens(
     configs: Sequence[PruneConfig],
     states: Sequence[StreamState | None] | None = None,
     budgets: Sequence[int] | None = None,
+    valid: Sequence[torch.Tensor | None] | None = None,
 ) -> list[Selection]:
     """Select the kept tokens of each video in a batch.
 
-    features: [sum_i T_i*H_i*W_i, C] post-merger embeddings of the videos, concatenated in order, rows t-major
-        then raster (h, w); fp32, bf16 or fp16, on any device. Scores are computed in fp32.
+    features: [sum_i rows_i, C] post-merger embeddings of the videos, concatenated in order, rows t-major then
+        raster (h, w); ``rows_i = T_i*H_i*W_i``, or the number of groups present for a partial grid (``valid``);
+        fp32, bf16 or fp16, on any device. Scores are computed in fp32.
     grids, configs, states: one per video; ``states`` defaults to no state for every video.
-    budgets: tokens to keep per video, in ``[1, T*H*W]``; default ``total_budget(grid, cfg)``. A caller that
-        sizes placeholders by another rule (the vLLM adapter caps a budget by what vLLM's encoder cache accepts)
-        passes its own; methods take any budget.
+    budgets: tokens to keep per video, in ``[1, rows_i]``; default ``total_budget(grid, cfg)`` (``B2`` for a
+        two-stage config). A caller that sizes placeholders by another rule (the vLLM adapter caps a budget by
+        what vLLM's encoder cache accepts) passes its own; methods take any budget.
+    valid: per video, None (a full grid) or a bool [T, H*W] mask of the merge groups present, whose rows alone
+        ``features`` holds (ascending ``t*H*W + g``, as ``vision.subset_tower.run_subset_tower`` returns them;
+        ``kept_mask`` builds the mask from a pre-tower selection's ``kept``). Required for two-stage configs,
+        whose mask must hold exactly the ``B1`` groups of ``stage_budgets``.
     Returns one Selection per video, with indices on the features' device.
     """
     grids = [check_grid(g) for g in grids]
@@ -106,23 +125,73 @@ def select_tokens(
     states = [None] * len(grids) if states is None else list(states)
     if len(states) != len(grids):
         raise ValueError(f"got {len(grids)} grids but {len(states)} stream states")
+    valid = [None] * len(grids) if valid is None else list(valid)
+    if len(valid) != len(grids):
+        raise ValueError(f"got {len(grids)} grids but {len(valid)} valid masks")
+    if features.ndim != 2 or not features.is_floating_point():
+        raise ValueError(f"features must be a 2-D float tensor [rows, C], got {features.dtype} {features.shape}")
+    valid = [_checked_valid(v, g, c, features.device) for v, g, c in zip(valid, grids, configs)]
     budgets = [total_budget(g, c) for g, c in zip(grids, configs)] if budgets is None else list(budgets)
     if len(budgets) != len(grids):
         raise ValueError(f"got {len(grids)} grids but {len(budgets)} budgets")
-    if features.ndim != 2 or not features.is_floating_point():
-        raise ValueError(f"features must be a 2-D float tensor [rows, C], got {features.dtype} {features.shape}")
-    expected_rows = sum(t * h * w for t, h, w in grids)
-    if features.shape[0] != expected_rows:
-        raise ValueError(f"features have {features.shape[0]} rows but the grids {grids} need {expected_rows}")
+    sizes = [math.prod(g) if v is None else int(v.sum()) for g, v in zip(grids, valid)]
+    if features.shape[0] != sum(sizes):
+        raise ValueError(
+            f"features have {features.shape[0]} rows but the grids {grids} need {sum(sizes)}"
+            + ("" if all(v is None for v in valid) else f" (groups present per video: {sizes})")
+        )
 
     selections = []
     start = 0
-    for grid, cfg, state, budget in zip(grids, configs, states, budgets):
-        t, h, w = grid
-        rows = features[start : start + t * h * w]
-        start += t * h * w
-        selections.append(_select_video(_video_features(rows, grid), grid, cfg, state, budget))
+    for grid, cfg, state, budget, mask, size in zip(grids, configs, states, budgets, valid, sizes):
+        rows = features[start : start + size]
+        start += size
+        x = _video_features(rows, grid) if mask is None or size == math.prod(grid) else _scatter(rows, mask)
+        selections.append(_select_video(x, grid, cfg, state, budget, mask))
     return selections
+
+
+def kept_mask(kept: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """bool [T, H*W], True at the indices ``kept`` (``t*H*W + g``, e.g. a pre-tower selection's): the ``valid``
+    mask of ``select_tokens`` for the features the subset tower computed for these groups."""
+    t, h, w = check_grid(grid)
+    mask = torch.zeros(t * h * w, dtype=torch.bool, device=kept.device)
+    mask[kept] = True
+    return mask.view(t, h * w)
+
+
+def _checked_valid(
+    mask: torch.Tensor | None, grid: Grid, cfg: PruneConfig, device: torch.device
+) -> torch.Tensor | None:
+    """The video's mask on the features' device after checking it against the grid and the config (None: a full
+    grid), or ValueError."""
+    t, h, w = grid
+    if get_method(cfg.method).stage != "post_tower":
+        raise ValueError(
+            f"select_tokens runs post-tower methods; {cfg.method!r} selects from pixels before the tower "
+            "(vllm_vtprune.core.pretower.select_pretower)"
+        )
+    if mask is None:
+        if cfg.pre_tower is not None:
+            raise ValueError(
+                f"{cfg.method!r} with pre_tower={cfg.pre_tower.method!r} is a two-stage config: its features are "
+                "those of the groups kept before the tower; pass valid= (per video, kept_mask(kept, grid) of the "
+                "pre-tower selection)"
+            )
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (t, h * w):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"valid must be a bool mask of shape {(t, h * w)} for grid (T, H, W) = {grid}, got {shape}")
+    if not get_method(cfg.method).partial_grid:
+        raise ValueError(f"method {cfg.method!r} does not select from a partial grid (valid=)")
+    if cfg.pre_tower is not None:
+        present, kept = int(mask.sum()), stage_budgets(grid, cfg)[0]
+        if present != kept:
+            raise ValueError(
+                f"valid holds {present} groups but the pre-tower stage {cfg.pre_tower.method!r} of this config "
+                f"keeps {kept} on grid (T, H, W) = {grid}"
+            )
+    return mask.to(device)
 
 
 def _video_features(rows: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -139,23 +208,36 @@ def _video_features(rows: torch.Tensor, grid: Grid) -> torch.Tensor:
     return rows.view(t, h * w, rows.shape[-1])
 
 
-def _select_video(x: torch.Tensor, grid: Grid, cfg: PruneConfig, state: StreamState | None, budget: int) -> Selection:
-    if get_method(cfg.method).stage != "post_tower" or cfg.pre_tower is not None:
-        raise ValueError(
-            f"select_tokens runs post-tower methods on full grids; {cfg.method!r} with pre_tower={cfg.pre_tower} "
-            "needs the pre-tower driver (vllm_vtprune.core.pretower) first"
-        )
+def _scatter(rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The rows of the groups present placed on the full grid: [T, H*W, C], zero at the absent groups (a fresh,
+    hence aligned, tensor)."""
+    x = rows.new_zeros(*valid.shape, rows.shape[-1])
+    x[valid] = rows
+    return x
+
+
+def _select_video(
+    x: torch.Tensor, grid: Grid, cfg: PruneConfig, state: StreamState | None, budget: int, valid: torch.Tensor | None
+) -> Selection:
+    method = get_method(cfg.method)
     t, h, w = grid
-    if not 1 <= budget <= t * h * w:
-        raise ValueError(f"budget {budget} is outside [1, {t * h * w}] for grid (T, H, W) = {grid}")
+    size = t * h * w if valid is None else int(valid.sum())
+    if not 1 <= budget <= size:
+        where = "" if valid is None else f" groups present of the {t * h * w}"
+        raise ValueError(f"budget {budget} is outside [1, {size}{where}] for grid (T, H, W) = {grid}")
     if state is not None and state.method != cfg.method:
         raise ValueError(f"stream state of method {state.method!r} cannot be used with method {cfg.method!r}")
-    keep, new_state = get_method(cfg.method).select(x, grid, budget, cfg, state)
-    per_slice = _check_contract(keep, grid, budget, cfg)
+    if valid is None:
+        keep, new_state = method.select(x, grid, budget, cfg, state)
+    else:
+        keep, new_state = method.select(x, grid, budget, cfg, state, valid)
+    per_slice = _check_contract(keep, grid, budget, cfg, valid)
     return Selection(kept=keep.flatten().nonzero().flatten(), per_slice=per_slice, state=new_state)
 
 
-def _check_contract(keep: torch.Tensor, grid: Grid, budget: int, cfg: PruneConfig) -> torch.Tensor:
+def _check_contract(
+    keep: torch.Tensor, grid: Grid, budget: int, cfg: PruneConfig, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     t, h, w = grid
     where = f"method {cfg.method!r} on grid (T, H, W) = {grid}"
     if keep.dtype != torch.bool or tuple(keep.shape) != (t, h * w):
@@ -166,44 +248,85 @@ def _check_contract(keep: torch.Tensor, grid: Grid, budget: int, cfg: PruneConfi
     kept = int(per_slice.sum())
     if kept != budget:
         raise SelectionContractError(f"{where} kept {kept} tokens; total_budget is {budget}")
-    floor = min(cfg.min_tokens_per_slice, h * w)
-    if budget >= t * floor and floor > 0 and bool((per_slice < floor).any()):
-        raise SelectionContractError(f"{where} kept {per_slice.tolist()} tokens per slice, below the floor of {floor}")
+    if valid is None:
+        floor = min(cfg.min_tokens_per_slice, h * w)
+        if budget >= t * floor and floor > 0 and bool((per_slice < floor).any()):
+            raise SelectionContractError(
+                f"{where} kept {per_slice.tolist()} tokens per slice, below the floor of {floor}"
+            )
+        return per_slice
+    outside = int((keep & ~valid).sum())
+    if outside:
+        raise SelectionContractError(f"{where} kept {outside} tokens outside the groups present (valid)")
+    floors = slice_floors(valid.sum(1), cfg.min_tokens_per_slice, budget)
+    if bool((per_slice < floors).any()):
+        raise SelectionContractError(
+            f"{where} kept {per_slice.tolist()} tokens per slice, below the floors min(min_tokens_per_slice, "
+            f"groups present) = {floors.tolist()}"
+        )
     return per_slice
 
 
-def gather_rows(x: torch.Tensor, sel: Selection) -> torch.Tensor:
-    """Rows of one video's tensor (main or DeepStack embeddings, or positions) at the kept indices."""
-    return x.index_select(0, sel.kept.to(x.device))
+def gather_rows(x: torch.Tensor, sel: Selection, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows of one video's tensor (main or DeepStack embeddings, or positions) at the kept indices.
+
+    valid: the video's partial-grid mask when ``x`` holds the rows of the groups present only (the subset tower's
+    output), as passed to ``select_tokens``."""
+    return x.index_select(0, compact_indices(sel.kept, valid).to(x.device))
 
 
-def global_row_indices(selections: Sequence[Selection], grids: Sequence[Grid]) -> torch.Tensor:
-    """Kept indices of all videos as rows of the concatenated features tensor (offset by the preceding videos)."""
+def compact_indices(kept: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Positions of the grid indices ``kept`` among the groups present (``valid``, ascending): the rows of compact
+    features; ``kept`` itself for a full grid (None)."""
+    if valid is None:
+        return kept
+    rank = valid.flatten().to(kept.device).cumsum(0) - 1
+    return rank[kept]
+
+
+def global_row_indices(
+    selections: Sequence[Selection],
+    grids: Sequence[Grid],
+    valid: Sequence[torch.Tensor | None] | None = None,
+) -> torch.Tensor:
+    """Kept indices of all videos as rows of the concatenated features tensor (offset by the preceding videos),
+    with ``valid`` as given to ``select_tokens``."""
     if len(selections) != len(grids):
         raise ValueError(f"got {len(selections)} selections but {len(grids)} grids")
+    valid = [None] * len(grids) if valid is None else list(valid)
+    if len(valid) != len(grids):
+        raise ValueError(f"got {len(grids)} grids but {len(valid)} valid masks")
     if not selections:
         return torch.empty(0, dtype=torch.long)
     parts = []
     offset = 0
-    for sel, grid in zip(selections, grids):
+    for sel, grid, mask in zip(selections, grids, valid):
         t, h, w = check_grid(grid)
-        parts.append(sel.kept + offset)
-        offset += t * h * w
+        parts.append(compact_indices(sel.kept, mask) + offset)
+        offset += t * h * w if mask is None else int(mask.sum())
     return torch.cat(parts)
 
 
-def uniform_selection(grid: Grid, budget: int) -> Selection:
-    """A deterministic selection of exactly ``budget`` tokens that needs no features: the budget split evenly
-    over the slices (earlier slices first), evenly spaced cells within each. The vLLM adapter falls back to it
-    when a method fails on a request, because the placeholder was sized before the tower and must be filled."""
+def uniform_selection(
+    grid: Grid, budget: int, valid: torch.Tensor | None = None, *, min_tokens_per_slice: int = 0
+) -> Selection:
+    """A deterministic selection of exactly ``budget`` tokens that needs no features: the budget split over the
+    slices in proportion to the groups present (evenly on a full grid, earlier slices first), after a floor of
+    ``min(min_tokens_per_slice, n_t)`` each when the budget covers it; evenly spaced among the groups present
+    within each slice. The vLLM adapter falls back to it when a method fails on a request, because the
+    placeholder was sized before the tower and must be filled."""
     t, h, w = check_grid(grid)
     hw = h * w
-    if not 1 <= budget <= t * hw:
-        raise ValueError(f"budget {budget} is outside [1, {t * hw}] for grid (T, H, W) = {grid}")
-    per_slice = split_by_room(torch.full((t,), hw, dtype=torch.long), budget)
+    valid = torch.ones(t, hw, dtype=torch.bool) if valid is None else valid.cpu()
+    counts = valid.sum(1)
+    if not 1 <= budget <= int(counts.sum()):
+        raise ValueError(f"budget {budget} is outside [1, {int(counts.sum())}] for grid (T, H, W) = {grid}")
+    per_slice = split_with_floor(counts, budget, min_tokens_per_slice)
     j = torch.arange(hw)
-    cells = ((2 * j + 1) * hw).unsqueeze(0) // (2 * per_slice.clamp_min(1)).unsqueeze(1)  # [T, HW]
-    chosen = j.unsqueeze(0) < per_slice.unsqueeze(1)  # the first k_t spaced cells of slice t are distinct
-    keep = torch.zeros(t, hw, dtype=torch.bool)
-    keep[torch.arange(t).unsqueeze(1).expand(t, hw)[chosen], cells[chosen]] = True
+    # The k_t chosen ranks of slice t among its n_t groups present: distinct, evenly spaced.
+    ranks = ((2 * j + 1) * counts.unsqueeze(1)) // (2 * per_slice.clamp_min(1)).unsqueeze(1)  # [T, HW]
+    chosen_rank = torch.zeros(t, hw + 1, dtype=torch.bool)
+    chosen_rank.scatter_(1, torch.where(j < per_slice.unsqueeze(1), ranks, hw), True)
+    rank_of_group = (valid.cumsum(1) - 1).clamp_min(0)
+    keep = valid & chosen_rank[:, :hw].gather(1, rank_of_group)
     return Selection(kept=keep.flatten().nonzero().flatten(), per_slice=per_slice, state=None)

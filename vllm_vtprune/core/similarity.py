@@ -130,11 +130,22 @@ def group_weighted_sums(x: torch.Tensor, group_rows: int, weights: torch.Tensor 
     return out
 
 
-def group_means_and_variances(x: torch.Tensor, group_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+def group_means_and_variances(
+    x: torch.Tensor, group_rows: int, valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and population variance of each channel over each group's rows (two-pass, like ``torch.var``):
-    [N, C] -> ([N/L, C], [N/L, C])."""
+    [N, C] -> ([N/L, C], [N/L, C]).
+
+    valid: bool [N], only these rows count (rows outside it must be zero; an empty group gives zeros). The
+    statistics over all L rows are rescaled by ``L / count``, exactly 1 for a full group, so full groups give
+    the same bits as without ``valid``.
+    """
     n_rows, channels = x.shape
     means = group_weighted_sums(x, group_rows) / group_rows
+    if valid is not None:
+        scale = (group_rows / valid.view(-1, group_rows).sum(1).clamp_min(1)).unsqueeze(1)
+        means = means * scale
+        row_weights = valid.to(torch.float32).unsqueeze(1)
     out = torch.zeros_like(means)
     step = _rows_per_block(x)
     scratch = _Scratch(x, step)
@@ -146,10 +157,16 @@ def group_means_and_variances(x: torch.Tensor, group_rows: int) -> tuple[torch.T
             groups = block.view(-1, group_rows, channels)
             count = groups.shape[0]
             centred = torch.sub(groups, means[first : first + count, None], out=deviation.view_as(groups))
+            if valid is not None:  # absent rows deviate by 0, not by -mean
+                centred.mul_(row_weights[start:stop].view(count, group_rows, 1))
             out[first : first + count] = centred.square_().sum(1)
         else:
-            out[first] += torch.sub(block, means[first], out=deviation).square_().sum(0)
-    return means, out / group_rows
+            centred = torch.sub(block, means[first], out=deviation)
+            if valid is not None:
+                centred.mul_(row_weights[start:stop])
+            out[first] += centred.square_().sum(0)
+    variances = out / group_rows
+    return means, variances if valid is None else variances * scale
 
 
 def group_anchor_dots(

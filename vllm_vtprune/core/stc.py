@@ -31,6 +31,13 @@ Deviations:
 - The memory is a running sum and count (``StreamState``) instead of a list of means.
 - Scores are fp32; distances use ``|x|^2 + |c|^2 - 2 x.c`` instead of materialising ``x - c``; ties go to the
   lower index (the released ``topk`` leaves them unspecified); at least one channel is kept.
+
+Partial grid (second stage after a pre-tower stage; ``valid`` [T, H*W], ``n_t`` groups present in slice t):
+channel variances, chunk means (hence the memory) and frame anchors are taken over the groups present only; a
+chunk with no group present adds nothing to the memory (neither a mean nor a count). Per slice
+``k_t = min(min_k, n_t)`` plus ``split_by_room`` of the rest of the budget by the room ``n_t - floor`` left, i.e.
+every slice keeps about the same fraction of its groups, which is the released "same count per frame" on a full
+grid (where it gives exactly the counts above); the top ``k_t`` is taken among the groups present.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from .budget import ratio_budget, split_by_room
+from .budget import ratio_budget, split_with_floor
 from .options import MethodOptions, option_error
 from .ranking import top_k_mask
 from .registry import PruningMethod, register_method
@@ -95,9 +102,15 @@ def _initial_memory(state: StreamState | None, kept_channels: int, device: torch
 
 
 def _score_chunks(
-    x: torch.Tensor, slices_per_chunk: int, kept_channels: int, memory: _Memory, opts: StcOptions
+    x: torch.Tensor,
+    slices_per_chunk: int,
+    kept_channels: int,
+    memory: _Memory,
+    opts: StcOptions,
+    valid: torch.Tensor | None,
 ) -> tuple[torch.Tensor, _Memory]:
-    """Scores [S, HW] of consecutive equal chunks ``x`` [S, HW, C], and the memory after appending them.
+    """Scores [S, HW] of consecutive equal chunks ``x`` [S, HW, C] (zero outside ``valid`` [S, HW], if given), and
+    the memory after appending them.
 
     Screened channels are handled in full channel space: anchors are zero outside a chunk's kept channels, so
     ``x . anchor`` equals the dot product of the screened token with the screened anchor, with no gathered copy.
@@ -107,12 +120,15 @@ def _score_chunks(
     chunk_rows = slices_per_chunk * hw
     flat = x.view(slices * hw, channels)
 
-    means, variances = group_means_and_variances(flat, chunk_rows)
+    means, variances = group_means_and_variances(flat, chunk_rows, None if valid is None else valid.flatten())
     kept = torch.argsort(variances, dim=1, stable=True)[:, :kept_channels]
     chunk_means = means.gather(1, kept)  # [chunks, C'], in ascending-variance order
     running = torch.cumsum(torch.cat([memory.total[None], chunk_means]), dim=0)[1:]
-    counts = memory.count + torch.arange(1, chunks + 1, device=x.device)
-    memory_unit = torch.nn.functional.normalize(running / counts[:, None], dim=-1)
+    if valid is None:
+        counts = memory.count + torch.arange(1, chunks + 1, device=x.device)
+    else:  # an empty chunk's mean is zero and does not count
+        counts = memory.count + torch.cumsum(valid.view(chunks, chunk_rows).any(1), 0)
+    memory_unit = torch.nn.functional.normalize(running / counts.clamp_min(1)[:, None], dim=-1)
     zeros = torch.zeros(chunks, channels, device=x.device)
     channel_mask = zeros.scatter(1, kept, 1.0)
     memory_anchor = zeros.scatter(1, kept, memory_unit)
@@ -122,6 +138,8 @@ def _score_chunks(
     norms = group_anchor_dots(flat, hw, per_slice_mask[:, None], squared=True)[:, 0].sqrt()
     inverse = 1.0 / norms.clamp_min(NORMALIZE_EPS)
     frame_anchor = group_weighted_sums(flat, hw, inverse) / hw * per_slice_mask  # mean of normalised tokens
+    if valid is not None:  # absent tokens are zero; hw / n_t is exactly 1 for a full slice
+        frame_anchor = frame_anchor * (hw / valid.sum(1).clamp_min(1)).unsqueeze(1)
     anchors = torch.stack([frame_anchor, memory_anchor.repeat_interleave(slices_per_chunk, dim=0)], dim=1)
     dots = (group_anchor_dots(flat, hw, anchors) * inverse[:, None]).view(slices, hw, 2)  # x_hat . anchor
     anchor_sq = anchors.square().sum(-1)[:, None, :]  # [S, 1, 2]
@@ -133,13 +151,14 @@ def _score_chunks(
     else:
         cos = dots / anchor_sq.sqrt().clamp_min(COSINE_EPS)
         scores = opts.alpha * (1.0 - cos[..., 1]) + (1.0 - opts.alpha) * (1.0 - cos[..., 0])
-    return scores, _Memory(running[-1], memory.count + chunks)
+    return scores, _Memory(running[-1], int(counts[-1]))
 
 
 @register_method
 class StcPruner(PruningMethod):
     name = "stc"
     Options = StcOptions
+    partial_grid = True
 
     @classmethod
     def uses_stream_state(cls, cfg: PruneConfig) -> bool:
@@ -152,10 +171,16 @@ class StcPruner(PruningMethod):
 
     @classmethod
     def select(
-        cls, x: torch.Tensor, grid: Grid, budget: int, cfg: PruneConfig, state: StreamState | None
+        cls,
+        x: torch.Tensor,
+        grid: Grid,
+        budget: int,
+        cfg: PruneConfig,
+        state: StreamState | None,
+        valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, StreamState]:
         opts: StcOptions = cls.options(cfg)
-        t, _, channels = x.shape
+        t, hw, channels = x.shape
         kept_channels = max(1, int(channels * opts.channel_keep_ratio))
         memory = _initial_memory(state, kept_channels, x.device)
         chunk = min(opts.chunk_slices or t, t)
@@ -164,10 +189,12 @@ class StcPruner(PruningMethod):
         parts = []
         for start, stop, size in ((0, full, chunk), (full, t, t - full)):
             if stop > start:
-                scores, memory = _score_chunks(x[start:stop], size, kept_channels, memory, opts)
+                part_valid = None if valid is None else valid[start:stop]
+                scores, memory = _score_chunks(x[start:stop], size, kept_channels, memory, opts, part_valid)
                 parts.append(scores)
-        # The same count per slice, as released (a caller's budget that t does not divide gives the first
-        # slices one more).
-        per_slice = split_by_room(torch.full((t,), x.shape[1], device=x.device), budget)
-        keep = top_k_mask(torch.cat(parts), per_slice, largest=opts.strategy == "dual_anchor")
+        # The same count per slice on a full grid, as released (a caller's budget that t does not divide gives
+        # the first slices one more); the same fraction of each slice's groups on a partial grid.
+        counts = torch.full((t,), hw, device=x.device) if valid is None else valid.sum(1)
+        per_slice = split_with_floor(counts, budget, cfg.min_tokens_per_slice)
+        keep = top_k_mask(torch.cat(parts), per_slice, largest=opts.strategy == "dual_anchor", eligible=valid)
         return keep, StreamState(method=cls.name, memory_sum=memory.total, memory_count=memory.count)

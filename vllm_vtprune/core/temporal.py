@@ -17,6 +17,10 @@ slice at the same spatial position.
   over the non-anchor slices (DyCoke drops a fixed fraction of each). Windows restart at every call. The official
   pair loop's index ``(i-2)//2`` is off by one (research note §1.3.2); the windows above are the described intent.
 - ``none``: no temporal stage.
+
+Partial grid (second stage after a pre-tower stage): a token whose reference position was not computed by the
+tower (pruned before it) has no reference and is treated as not similar, i.e. never dropped; a slice's room is
+what it can lose while keeping ``min(floor, n_t)`` of its ``n_t`` tokens present.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ def temporal_drop(
     floor: int,
     first_slice_cosine: torch.Tensor | None,
     device: torch.device,
+    valid: torch.Tensor | None = None,
+    first_slice_reference: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Tokens dropped by the temporal stage: bool [T, HW], at most ``target`` True, ``floor`` kept per slice.
 
@@ -57,6 +63,8 @@ def temporal_drop(
         the same position.
     first_slice_cosine: [HW] cosines of slice 0 with the previous chunk's last slice (stream state), used by
         ``dtd`` and ``evs``.
+    valid: bool [T, HW], the tokens present on a partial grid (None: all); a slice keeps ``min(floor, n_t)``.
+    first_slice_reference: bool [HW], the positions present in the previous chunk's last slice (None: all).
     """
     offsets = reference_offsets(stage, grid_t)
     has_reference = any(offsets) or (first_slice_cosine is not None and stage in STAGES_WITH_STATE)
@@ -67,12 +75,37 @@ def temporal_drop(
         slices = torch.tensor([s for s in range(grid_t) if offsets[s] == steps], device=device)
         similarity[slices] = cosine_back[steps][slices - steps]
     referenced = [offset > 0 for offset in offsets]
-    if first_slice_cosine is not None and stage in STAGES_WITH_STATE:
+    uses_state = first_slice_cosine is not None and stage in STAGES_WITH_STATE
+    if uses_state:
         similarity[0] = first_slice_cosine
         referenced[0] = True
-    room = torch.tensor(referenced, device=device).long() * (hw - floor)
-    target = min(target, sum(referenced) * (hw - floor))
+    referenced = torch.tensor(referenced, device=device).long()
+    room = referenced * (hw - floor)
+    droppable = None
+    if valid is not None or (uses_state and first_slice_reference is not None):
+        droppable = _droppable(offsets, valid, uses_state, first_slice_reference, hw, device)
+        counts = torch.full((grid_t,), hw, device=device) if valid is None else valid.sum(1)
+        room = referenced * (counts - counts.clamp_max(floor)).minimum(droppable.sum(1))
+    target = min(target, int(room.sum()))
     if stage == "evs":
-        capped = top_k_mask(similarity, room)  # the most similar H*W - floor tokens of each referenced slice
+        capped = top_k_mask(similarity, room, eligible=droppable)  # the most similar tokens each slice may lose
         return top_k_mask(similarity.flatten(), target, eligible=capped.flatten()).view(grid_t, hw)
-    return top_k_mask(similarity, split_by_room(room, target))
+    return top_k_mask(similarity, split_by_room(room, target), eligible=droppable)
+
+
+def _droppable(
+    offsets: list[int],
+    valid: torch.Tensor | None,
+    uses_state: bool,
+    first_slice_reference: torch.Tensor | None,
+    hw: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """bool [T, HW]: tokens present whose reference position is present (a token without one is not similar)."""
+    grid_t = len(offsets)
+    present = torch.ones(grid_t, hw, dtype=torch.bool, device=device) if valid is None else valid
+    steps = torch.tensor(offsets, device=device)
+    reference = present[(torch.arange(grid_t, device=device) - steps).clamp_min(0)] & (steps > 0).unsqueeze(1)
+    if uses_state:  # slice 0 against the previous chunk's last slice
+        reference[0] = True if first_slice_reference is None else first_slice_reference.to(device)
+    return present & reference

@@ -17,6 +17,14 @@ and its allocator loops on the host); scores are fp32 throughout (the official f
 input dtype); exact ties go to the lower index (the official ``topk(sorted=False)`` leaves them unspecified);
 ``min_tokens_per_slice > H*W`` is an error (the official code silently lowers ``min_k`` to H*W). As in the
 official code, videos with T <= 1 are not pruned: their budget is all H*W tokens.
+
+Partial grid (second stage after a pre-tower stage; ``valid`` [T, H*W], ``n_t`` groups present in slice t):
+the trajectory is the mean over the groups present of each slice; the curvature and weights are unchanged; the
+allocator caps slice t at ``n_t`` (floor ``min(min_k, n_t)``, the shares of full slices flow through the official
+leftover rule); the min-max of the activation term runs over the groups present; the top ``k_t`` is taken among
+them. A slice with no group present has a zero trajectory point (its curvature terms use the eps above). A
+budget covering every group present keeps them all (the T <= 1 rule above is this case on a full grid); a
+smaller one is allocated and ranked whatever T, since the two-stage budget ``B2`` does not exempt T <= 1.
 """
 
 from __future__ import annotations
@@ -59,15 +67,23 @@ def curvature(trajectory: torch.Tensor) -> torch.Tensor:
     return kappa
 
 
-def dual_anchor_scores(x: torch.Tensor, trajectory: torch.Tensor) -> torch.Tensor:
-    """Contextual-diversity plus feature-activation score of each token: x [T, HW, C], trajectory [T, C] -> [T, HW]."""
+def dual_anchor_scores(x: torch.Tensor, trajectory: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Contextual-diversity plus feature-activation score of each token: x [T, HW, C], trajectory [T, C] -> [T, HW].
+
+    valid: bool [T, HW], the tokens present; the activation term's min-max runs over them (scores elsewhere are
+    meaningless)."""
     t, hw, _ = x.shape
     flat = x.view(t * hw, -1)
     norms = row_norms(flat).view(t, hw)
     dots = group_anchor_dots(flat, hw, trajectory.unsqueeze(1)).view(t, hw)
     cos = dots / (norms.clamp_min(EPS) * trajectory.norm(dim=-1, keepdim=True).clamp_min(EPS))
-    low = norms.min(dim=1, keepdim=True).values
-    high = norms.max(dim=1, keepdim=True).values
+    if valid is None:
+        low = norms.min(dim=1, keepdim=True).values
+        high = norms.max(dim=1, keepdim=True).values
+    else:
+        present = valid.any(1, keepdim=True)  # an empty slice gets 0 and 0, not inf and -inf
+        low = torch.where(valid, norms, float("inf")).amin(1, keepdim=True).where(present, 0.0)
+        high = torch.where(valid, norms, float("-inf")).amax(1, keepdim=True).where(present, 0.0)
     return (1.0 - cos) + (norms - low) / (high - low + EPS)
 
 
@@ -75,6 +91,7 @@ def dual_anchor_scores(x: torch.Tensor, trajectory: torch.Tensor) -> torch.Tenso
 class VCast(PruningMethod):
     name = "vcast"
     Options = VCastOptions
+    partial_grid = True
 
     @classmethod
     def total_budget(cls, grid: Grid, cfg: PruneConfig) -> int:
@@ -85,13 +102,22 @@ class VCast(PruningMethod):
 
     @classmethod
     def select(
-        cls, x: torch.Tensor, grid: Grid, budget: int, cfg: PruneConfig, state: StreamState | None
+        cls,
+        x: torch.Tensor,
+        grid: Grid,
+        budget: int,
+        cfg: PruneConfig,
+        state: StreamState | None,
+        valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, None]:
         t, hw, _ = x.shape
-        if t <= 1:
-            return torch.ones(t, hw, dtype=torch.bool, device=x.device), None
+        counts = torch.full((t,), hw, device=x.device) if valid is None else valid.sum(1)
+        if budget >= int(counts.sum()):  # everything present: no allocation to make (T <= 1 on a full grid)
+            return (torch.ones(t, hw, dtype=torch.bool, device=x.device) if valid is None else valid.clone()), None
         means = group_weighted_sums(x.view(t * hw, -1), hw) / hw
+        if valid is not None:  # x is zero at absent tokens; hw / n_t is exactly 1 for a full slice
+            means = means * (hw / counts.clamp_min(1)).unsqueeze(1)
         trajectory = torch.nn.functional.normalize(means, dim=-1, eps=EPS)
         weights = torch.softmax(curvature(trajectory) / cls.options(cfg).temperature, dim=0)
-        per_slice = allocate_like_vcast(weights, budget, min_k=cfg.min_tokens_per_slice, capacity=hw)
-        return top_k_mask(dual_anchor_scores(x, trajectory), per_slice), None
+        per_slice = allocate_like_vcast(weights, budget, min_k=cfg.min_tokens_per_slice, capacity=counts)
+        return top_k_mask(dual_anchor_scores(x, trajectory, valid), per_slice, eligible=valid), None
