@@ -40,7 +40,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.utils.gpu_sync_debug import gpu_sync_allowed
 
 from vllm_vtprune.core import Selection, select_tokens
-from vllm_vtprune.core.selection import uniform_selection
+from vllm_vtprune.core.selection import gather_rows, kept_mask, uniform_selection
 from vllm_vtprune.layout import TokenIds, VideoLayout, known_before_tower, timestamp_ids
 from vllm_vtprune.log import get_logger
 from vllm_vtprune.metrics import WorkerMetrics
@@ -125,11 +125,14 @@ class VtpruneMixin:
         features = self._run_tower(video_input, videos)
         timer.mark("tower")
         layouts = [video.layout(self._tokenizer, self.merge_size) for video in videos]
-        plans = [video.plan for video in videos]
-        selections = [self._select(f, layout, plan) for f, layout, plan in zip(features, layouts, plans)]
+        # A two-stage video's features are the rows of the tokens its pre-tower stage kept.
+        valid = [kept_mask(v.kept, layout.grid).to(f.device) if v.kept is not None else None
+                 for v, layout, f in zip(videos, layouts, features)]
+        selections = [self._select(f, layout, video.plan, mask)
+                      for f, layout, video, mask in zip(features, layouts, videos, valid)]
         timer.mark("selection")
-        out = [f if layout.exact else self._fill_middle(f, layout, sel)
-               for f, layout, sel in zip(features, layouts, selections)]
+        out = [f if layout.exact else self._fill_middle(f, layout, sel, mask)
+               for f, layout, sel, mask in zip(features, layouts, selections, valid)]
         seconds = timer.seconds()  # after the selections' .tolist() has synchronised the device anyway
         if self.metrics is not None:
             self.metrics.tower_seconds.observe(seconds["tower"])
@@ -182,7 +185,8 @@ class VtpruneMixin:
                 self.metrics.record_encode(stats)
         return features
 
-    def _select(self, features: torch.Tensor, layout: VideoLayout, plan: ItemPlan) -> Selection | None:
+    def _select(self, features: torch.Tensor, layout: VideoLayout, plan: ItemPlan,
+                valid: torch.Tensor | None) -> Selection | None:
         """The video's kept tokens (None for an exact layout of a stateless config: nothing to choose).
 
         Never raises: a method that fails on a request would take the engine down for every client, and the
@@ -196,13 +200,14 @@ class VtpruneMixin:
         before = self.streams.state_for(stream, signature, plan.stream_item) if stream is not None else None
         try:
             selection = select_tokens(features[:, :self.visual_dim], [layout.grid], [cfg], [before],
-                                      [layout.kept])[0]
+                                      [layout.kept], valid=[valid])[0]
         except Exception:
             logger.exception("vtprune: method %r failed on a video of grid %s; using an evenly spaced selection",
                              cfg.method, layout.grid)
             if self.metrics is not None:
                 self.metrics.selection_fallbacks.inc()
-            selection = uniform_selection(layout.grid, layout.kept)
+            selection = uniform_selection(layout.grid, layout.kept, valid.cpu() if valid is not None else None,
+                                          min_tokens_per_slice=cfg.min_tokens_per_slice)
             selection = dataclasses.replace(selection, kept=selection.kept.to(features.device))
             if stream is not None:
                 self.streams.drop(stream)
@@ -211,12 +216,14 @@ class VtpruneMixin:
             self.streams.advance(stream, signature, plan.stream_item, before, selection.state)
         return selection
 
-    def _fill_middle(self, features: torch.Tensor, layout: VideoLayout, selection: Selection) -> torch.Tensor:
+    def _fill_middle(self, features: torch.Tensor, layout: VideoLayout, selection: Selection,
+                     valid: torch.Tensor | None = None) -> torch.Tensor:
         """The rows of a dynamic middle: kept tokens (main and DeepStack channels) and the text between slices,
-        each followed by its position channels (``mrope``)."""
+        each followed by its position channels (``mrope``). ``valid``: the tokens ``features`` holds rows of
+        (a pre-tower stage's), if not all."""
         is_video, offsets, text_ids = middle_plan(layout, selection.per_slice, selection.kept, self.ids)
         rows = features.new_zeros(is_video.numel(), self.plain_width)
-        rows[is_video] = features[selection.kept]
+        rows[is_video] = gather_rows(features, selection, valid)
         if text_ids:
             text = self.language_model.embed_input_ids(torch.tensor(text_ids, device=features.device))
             rows[~is_video, :self.visual_dim] = text.to(rows.dtype)

@@ -65,19 +65,24 @@ def test_prompt_tokens_shrink_exactly_by_the_budget(plugin_server, chat, videos,
 
 @pytest.mark.parametrize("pre_tower", ["novelty", "dedup"])
 @pytest.mark.parametrize("retention", [0.5, 0.25, 0.1])
-def test_pre_tower_prompt_tokens_shrink_exactly_by_the_budget(plugin_server, chat, videos, token_ids, pre_tower,
-                                                               retention):
-    """Decided from the pixels in the API server: the tower runs on the kept tokens only, and the prompt is
-    vLLM's own layout with each slice's kept count."""
+@pytest.mark.parametrize("after", [None, "vcast", "stc", "mssavt", "evs"])
+def test_pre_tower_and_two_stage_prompt_tokens_are_exact(plugin_server, chat, videos, token_ids, pre_tower,
+                                                         retention, after):
+    """Decided from the pixels in the API server, the tower runs on the kept tokens only. Alone, the prompt is
+    vLLM's own layout with each slice's kept count; with a post-tower method after it (keeping half of what
+    the tower computed), the budget of both stages."""
     client = chat(plugin_server)
     base = unpruned(client, [videos["moving_objects"]])
     t, h, w = video_grid(base, token_ids)
-    cfg = {"method": "none", "pre_tower": {"method": pre_tower, "retention": retention}}
+    cfg = {"method": after or "none", "pre_tower": {"method": pre_tower, "retention": retention}}
+    if after:
+        cfg["retention"] = 0.5
     reply = client.ask([videos["moving_objects"]], vtprune=cfg, return_token_ids=True)
     budget = total_budget((t, h, w), PruneConfig.from_dict(cfg))
     assert reply.usage.prompt_tokens == base.usage.prompt_tokens - t * h * w + budget < base.usage.prompt_tokens
-    _, pad = token_ids
-    assert sum(tok == pad for tok in reply.prompt_token_ids) == budget  # only kept tokens are pads
+    if after is None:
+        _, pad = token_ids
+        assert sum(tok == pad for tok in reply.prompt_token_ids) == budget  # only kept tokens are pads
 
 
 @pytest.mark.parametrize("arch", ARCHS, indirect=True)

@@ -32,6 +32,8 @@ MIXED = [
      "c-none": ("scene_cut", False, {"method": "none"}, "Is there a cut?"),
      "c-pretower": ("near_static", False, {"method": "none", "pre_tower": {"method": "novelty", "retention": 0.25}},
                     "What changes?"),
+     "c-two-stage": ("scene_cut", False, {"method": "vcast", "retention": 0.5,
+                                          "pre_tower": {"method": "dedup", "retention": 0.6}}, "What happens?"),
      "d-image": (None, True, None, "Describe the image."),
      "e-text": (None, False, None, "Count from zero.")},
     {"f-vcast-cached": ("moving_objects", False, {"method": "vcast", "retention": 0.25},

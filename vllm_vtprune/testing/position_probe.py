@@ -75,7 +75,7 @@ def install(recording: Recording, *, lm_hook: bool = True) -> None:
 
     fill = VtpruneMixin._fill_middle
 
-    def recording_fill(self, features, layout, selection):
+    def recording_fill(self, features, layout, selection, valid=None):
         mask = torch.zeros(layout.unpruned, dtype=torch.bool)
         mask[selection.kept.cpu()] = True
         key = (layout.grid, layout.timestamps, layout.kept)
@@ -83,7 +83,7 @@ def install(recording: Recording, *, lm_hook: bool = True) -> None:
             raise AssertionError(f"a re-encode of a {key[0]} video selected different tokens")
         recording.selections[key] = mask
         recording.encodes[key] = recording.encodes.get(key, 0) + 1
-        return fill(self, features, layout, selection)
+        return fill(self, features, layout, selection, valid)
 
     VtpruneMixin._fill_middle = recording_fill
 
