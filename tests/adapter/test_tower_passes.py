@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vllm_vtprune.model import VtpruneQwen3VLForConditionalGeneration, _passes
+from vllm_vtprune.model import VtpruneQwen3VLForConditionalGeneration, _passes, _Video
 from vllm_vtprune.settings import VtpruneSettings
 from vllm_vtprune.vision import VideoEncoder
 from vllm_vtprune.wire import ItemPlan
@@ -39,9 +39,10 @@ def test_tower_runs_in_profiled_passes_with_stock_outputs(tiny_tower, stock, lim
         return encode(pixels, grid, *args, **kwargs)
 
     model.video_encoder.encode = recording_encode
-    plans = [ItemPlan(VtpruneSettings(), t * h * w // 4) for t, h, w in grids]
+    videos = [_Video([t, h, w], None, ItemPlan(VtpruneSettings(), t * h * w // 4), t * h * w, None, None, None)
+              for t, h, w in grids]
     video_input = {"type": "pixel_values_videos", "pixel_values_videos": px, "video_grid_thw": torch.tensor(grids)}
-    out = model._run_tower(video_input, grids, plans, None)
+    out = model._run_tower(video_input, videos)
     largest = max(t * h * w for t, h, w in grids)
     assert all(n <= max(limit, largest) for n in passes)
     assert sum(passes) == px.shape[0] and (len(passes) > 1) == (limit < px.shape[0])
