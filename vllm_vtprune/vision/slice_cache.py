@@ -2,7 +2,7 @@
 
 Why it is exact: Qwen3-VL's tower attends within each temporal slice (``cu_seqlens`` has one sequence per slice)
 and its positional and rotary embeddings do not depend on ``t``, so a slice's output rows (main merger and
-DeepStack channels) are a function of that slice's pixels and ``(H, W)`` only (research note vllm-internals §2.2).
+DeepStack channels) are a function of that slice's pixels and ``(H, W)`` only.
 
 :func:`slice_keys` runs where the pixels already are (the multimodal processor, CPU): one 128-bit BLAKE3 digest
 per slice over the slice's raw bytes, salted with the caller's salt (model id / revision / processor settings)
@@ -12,12 +12,13 @@ tensor field. It needs no vLLM import.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+
+from vllm_vtprune.bounded import BoundedLRU
 
 KEY_VERSION = b"vtprune-slice-key-v1"
 
@@ -96,77 +97,25 @@ def slice_key_salt(*parts: object) -> bytes:
     return repr(tuple(parts)).encode()
 
 
-class SliceCache:
-    """Byte-budgeted LRU of tensors (one entry per slice). Not thread-safe (a vLLM worker runs the model on
-    one thread).
+class SliceCache(BoundedLRU[torch.Tensor]):
+    """Byte-budgeted LRU of tensors (one entry per slice): ``BoundedLRU`` counting each tensor's bytes.
 
-    Invariants: ``bytes_used <= max_bytes`` always; an entry larger than ``max_bytes`` is not stored; storing
-    evicts least-recently-used entries (``get`` and ``put`` refresh recency) until the new entry fits. Stored
-    tensors are private copies (never views of a caller's larger tensor, so the byte count is real), on
+    Stored tensors are private copies (never views of a caller's larger tensor, so the byte count is real), on
     ``device`` when given, else on the tensor's own device.
     """
 
     def __init__(self, max_bytes: int, device: str | torch.device | None = None) -> None:
-        if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
-        self.max_bytes = int(max_bytes)
+        super().__init__(max_bytes, size_of=lambda _key, tensor: self.nbytes(tensor))
         self.device = torch.device(device) if device is not None else None
-        self._entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
-        self.bytes_used = 0
-        self.hits = 0
-        self.misses = 0
-        self.evictions = 0
 
     @staticmethod
     def nbytes(t: torch.Tensor) -> int:
         return t.numel() * t.element_size()
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._entries
-
-    def keys(self) -> list[Hashable]:
-        """Keys from least to most recently used."""
-        return list(self._entries)
-
-    def get(self, key: Hashable) -> torch.Tensor | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            self.misses += 1
-            return None
-        self._entries.move_to_end(key)
-        self.hits += 1
-        return entry
-
     def put(self, key: Hashable, value: torch.Tensor) -> bool:
         """Store a private copy; False (nothing stored, an older entry for ``key`` dropped) if it cannot fit."""
-        size = self.nbytes(value)
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self.bytes_used -= self.nbytes(old)
-        if size > self.max_bytes:
+        if self.nbytes(value) > self.max_bytes:  # decided before copying
+            self.pop(key)
             return False
-        while self.bytes_used + size > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self.bytes_used -= self.nbytes(evicted)
-            self.evictions += 1
         device = self.device if self.device is not None else value.device
-        self._entries[key] = value.detach().to(device=device, copy=True).contiguous()
-        self.bytes_used += size
-        return True
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self.bytes_used = 0
-
-    def stats(self) -> dict[str, int]:
-        return {
-            "entries": len(self._entries),
-            "bytes_used": self.bytes_used,
-            "max_bytes": self.max_bytes,
-            "hits": self.hits,
-            "misses": self.misses,
-            "evictions": self.evictions,
-        }
+        return super().put(key, value.detach().to(device=device, copy=True).contiguous())
