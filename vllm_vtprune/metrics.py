@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, values
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from vllm_vtprune.bounded import BoundedLRU
+from vllm_vtprune.vision.estimate import SavedSecondsEstimate
 
 METRICS_DIR_ENV = "VLLM_VTPRUNE_METRICS_DIR"
 _TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -86,6 +87,7 @@ class WorkerMetrics:
     """Histograms a worker observes; None of them exist when no API server collects them."""
 
     def __init__(self, directory: str) -> None:
+        self.saved_seconds = SavedSecondsEstimate()
         with _file_backed_values(directory):
             self.tower_seconds = Histogram("vtprune:vision_tower_seconds", "Vision-tower time per encoder batch.",
                                            buckets=_TIME_BUCKETS, registry=None)
@@ -132,13 +134,14 @@ class WorkerMetrics:
         self.tower_patches_computed.inc(computed_patches)
 
     def record_encode(self, stats) -> None:
-        """Account one ``VideoEncoder.encode`` call (``vllm_vtprune.vision.EncodeStats``)."""
+        """Account one ``VideoEncoder.encode`` call (``vllm_vtprune.vision.EncodeStats``) once the device has
+        finished it (its tower time is read)."""
         self.tower_patches_requested.inc(stats.tokens_total)
         self.tower_patches_computed.inc(stats.tokens_computed)
         self.slice_cache_hits.inc(stats.slices_from_cache)
         self.slice_cache_misses.inc(stats.slices_computed)
         self.cacher_selective_slices.inc(stats.cacher_selective_slices)
-        self.tower_seconds_saved.inc(stats.seconds_saved_estimate)
+        self.tower_seconds_saved.inc(self.saved_seconds.record(stats))
 
     @classmethod
     def from_env(cls) -> WorkerMetrics | None:

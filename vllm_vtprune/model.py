@@ -49,7 +49,7 @@ from vllm_vtprune.processor import VtpruneQwen3VLProcessor, item_layout, llm_gri
 from vllm_vtprune.settings import server_settings
 from vllm_vtprune.streams import StreamStore
 from vllm_vtprune.timing import StageTimer
-from vllm_vtprune.vision import VideoEncoder
+from vllm_vtprune.vision import EncodeStats, VideoEncoder
 from vllm_vtprune.vision.subset_tower import run_subset_tower
 from vllm_vtprune.wire import (
     FIELDS,
@@ -122,7 +122,8 @@ class VtpruneMixin:
 
     def _embed_videos(self, video_input, videos: list[_Video]) -> list[torch.Tensor]:
         timer = StageTimer(video_input["video_grid_thw"].device)
-        features = self._run_tower(video_input, videos)
+        encodes: list[EncodeStats] = []
+        features = self._run_tower(video_input, videos, encodes)
         timer.mark("tower")
         layouts = [video.layout(self._tokenizer, self.merge_size) for video in videos]
         # A two-stage video's features are the rows of the tokens its pre-tower stage kept.
@@ -137,6 +138,8 @@ class VtpruneMixin:
         if self.metrics is not None:
             self.metrics.tower_seconds.observe(seconds["tower"])
             self.metrics.selection_seconds.observe(seconds["selection"])
+            for stats in encodes:  # their tower times are readable now that the device has finished
+                self.metrics.record_encode(stats)
         if logger.isEnabledFor(logging.DEBUG):
             # The digest lets tensor-parallel ranks be compared: each runs the tower and must select alike.
             kept = [sel.kept.cpu().numpy().tobytes() for sel in selections if sel is not None]
@@ -147,7 +150,8 @@ class VtpruneMixin:
                          hashlib.sha1(b"".join(kept)).hexdigest()[:12])
         return out
 
-    def _run_tower(self, video_input, videos: list[_Video]) -> list[torch.Tensor]:
+    def _run_tower(self, video_input, videos: list[_Video], encodes: list[EncodeStats] | None = None
+                   ) -> list[torch.Tensor]:
         """Tower outputs per video, in passes no larger than the patches vLLM profiled (the scheduler charges a
         pruned video its placeholder, far fewer rows than the tower computes). A video pruned before the tower
         runs on its kept tokens only; the others reuse work where their settings allow (exact per-slice cache
@@ -181,8 +185,8 @@ class VtpruneMixin:
                                                                   for t, h, w in grids]))
                 stats = None
             features.extend(out)
-            if self.metrics is not None and stats is not None:
-                self.metrics.record_encode(stats)
+            if encodes is not None and stats is not None:
+                encodes.append(stats)
         return features
 
     def _select(self, features: torch.Tensor, layout: VideoLayout, plan: ItemPlan,

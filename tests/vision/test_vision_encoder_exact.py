@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from vllm_vtprune.vision import CacherConfig, VideoEncoder
+from vllm_vtprune.vision.plan import plan_encode
 
 GRIDS = [
     [[2, 4, 4]],
@@ -61,7 +62,8 @@ def test_selective_path_recomputing_every_token_matches_stock(tiny_tower, stock,
     expect = stock(tiny_tower, px, grid)
     for interval in (2, 3):
         cfg = CacherConfig(True, 1.0, interval)
-        outs, stats = VideoEncoder(tiny_tower).encode(px, grid, [cfg, cfg], force_selective=True)
+        plan = plan_encode(grid, [cfg, cfg], [None, None], [False, False], None, force_selective=True)
+        outs, stats = VideoEncoder(tiny_tower).run(plan, px)
         assert stats.cacher_selective_slices == sum(t - (t + interval - 1) // interval for t, _, _ in grid)
         for got, exp in zip(outs, expect):
             torch.testing.assert_close(got, exp, rtol=1e-4, atol=1e-5)

@@ -10,16 +10,13 @@ DeepStack levels are part of every row compared.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-
 import pytest
 import torch
 
 from vllm_vtprune.core import PruneConfig
 from vllm_vtprune.core.pixels import PixelNorm, group_rows
 from vllm_vtprune.core.pretower import select_pretower
-from vllm_vtprune.vision.subset_tower import run_subset_tower, slice_attention_metadata
+from vllm_vtprune.vision.subset_tower import run_subset_tower
 
 UNIT = 4  # patches per merge group (spatial_merge_size 2)
 QWEN_NORM = PixelNorm((0.5,) * 3, (0.5,) * 3, 1 / 255)  # the test processor's (Qwen3-VL's) normalisation
@@ -156,33 +153,3 @@ def test_end_to_end_from_pixels(tiny_tower, video_pixels, method):
         )
     expected = [_oracle(tiny_tower, px, grid, s.kept) for px, grid, s in zip((clip, frozen), grids, selections)]
     assert torch.equal(got, torch.cat(expected))
-
-
-def test_attention_metadata_matches_prepare_encoder_metadata(tiny_tower):
-    """Tripwire for the mirrored piece: equal to vLLM's own metadata when every patch of every slice is kept."""
-    for grids in GRIDS:
-        stock_meta = tiny_tower.prepare_encoder_metadata(grids)
-        ours = slice_attention_metadata(tiny_tower, [h * w for t, h, w in grids for _ in range(t)])
-        for key in ("cu_seqlens", "max_seqlen", "sequence_lengths"):
-            a, b = ours[key], stock_meta[key]
-            assert (a is None and b is None) or torch.equal(a, b), key
-
-
-# sha256 of the upstream source this module relies on (vLLM 0.32.0). A change fails here: re-check that
-# ``forward`` still consumes ``encoder_metadata`` as ``run_subset_tower`` builds it, that the tables of
-# ``fast_pos_embed_interpolate``/``rot_pos_emb`` still depend on (h, w) only, and that ``slice_attention_metadata``
-# still mirrors ``prepare_encoder_metadata``; then update the digests.
-UPSTREAM = {
-    "fast_pos_embed_interpolate": "424f054075b79ed4116ee9c8da0c922b1bbd806a3b10714c987e7c3ee89bfb9a",
-    "forward": "6ef9bf87825621c11ab3f4871fb5cdadd7cc1e5b8e05737df63284ffc8c8fcaf",
-    "prepare_encoder_metadata": "4a0326be552bd96d13bba0ba4072d6a29c0116802837699cbd23b95b52357fb7",
-    "rot_pos_emb": "2f36e214fe87e122cf66d88afea365b572bd774fa1e5d83cd706662c7bf0bc7a",
-}
-
-
-@pytest.mark.parametrize("name", sorted(UPSTREAM))
-def test_upstream_tower_source_is_the_one_mirrored(name):
-    from vllm.model_executor.models.qwen3_vl import Qwen3_VisionTransformer
-
-    source = inspect.getsource(getattr(Qwen3_VisionTransformer, name))
-    assert hashlib.sha256(source.encode()).hexdigest() == UPSTREAM[name]

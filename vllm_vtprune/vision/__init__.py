@@ -1,10 +1,14 @@
-"""ViT reuse for Qwen3-VL video (issue 5): STC-Cacher inside vLLM's vision tower and an exact per-slice cache.
+"""ViT reuse and pre-tower pruning for Qwen3-VL video inside vLLM's vision tower.
 
 - :class:`CacherConfig` — STC-Cacher settings (no torch/vLLM import).
 - :func:`slice_keys` — per-slice content keys, computed in the processor where the pixels are (no vLLM import).
 - :class:`SliceCache` — byte-budgeted LRU of per-slice tower outputs.
-- :class:`VideoEncoder`, :class:`EncodeStats` — run the tower for a batch of videos with both (vLLM imported
-  lazily, when the tower runs).
+- ``plan`` — what a batch computes: slice roles, cache hits, aliases, the subset tower's rows (no tower needed).
+- :class:`VideoEncoder`, :class:`EncodeStats` — run a plan on the tower (``encoder``; ``selective`` is
+  STC-Cacher's layer loop); ``subset_tower`` — the tower on a pre-tower stage's kept groups (vLLM imported lazily,
+  when the tower runs).
+- ``estimate`` — seconds the reuse saved, from the encode calls' tower times.
+- ``vllm_mirror`` — every piece copied from vLLM, each naming its upstream function (with a tripwire test).
 - :func:`build_vision_tower` (``vllm_vtprune.vision.standalone``) — vLLM's tower on its own, for tests/benchmarks.
 """
 

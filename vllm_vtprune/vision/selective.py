@@ -1,17 +1,20 @@
 """STC-Cacher forward through vLLM's ``Qwen3_VisionTransformer`` (selective recomputation per layer).
 
-One call runs a set of *full* slices (references, plus any slice computed exactly) and groups of *selective*
-slices, all in the same layer loop (research note ``algorithms.md`` §2.2, §2.5). At every block:
+Port of STC's ViT feature caching with selective recomputation (arXiv 2512.00891; released code
+``model/custom_siglip.py::forward_with_selective_key_recompute``) to Qwen3-VL's tower: fused qkv, 2-D rotary,
+DeepStack taps. One call runs a set of *full* slices (references, plus any slice computed exactly) and groups of
+*selective* slices (``plan.selective_layout``), all in the same layer loop. At every block:
 
-1. Full slices: the stock block computation (vLLM's own submodules, in the stock order, attention per slice via
-   ``cu_seqlens``), keeping the rotated keys ``K``, values ``V``, attention-branch output ``A`` (after the out
-   projection) and MLP-branch output ``M`` of the reference slices for step 2. These are the layer's own
-   intermediates (no extra compute); they live until the layer's selective step is done.
+1. Full slices: the stock block computation (``vllm_mirror.block_forward``: vLLM's own submodules in the stock
+   order, attention per slice via ``cu_seqlens``), keeping the rotated keys ``K``, values ``V``,
+   attention-branch output ``A`` (after the out projection) and MLP-branch output ``M`` of the reference slices
+   for step 2. These are the layer's own intermediates (no extra compute); they live until the layer's selective
+   step is done.
 2. Each selective group (slices of one ``(H, W)`` and ratio, batched as ``[G, N, C]``):
    ``u = LN1(h)`` for all tokens; ``K = W_k u + b_k`` for all tokens only (the fused ``qkv`` weight is split, so
    Q and V are not computed for unselected tokens), rotated; per slice the ``k = max(1, floor(r N))`` tokens
-   with the lowest cosine to the reference's key at the same position (all heads) are selected
-   (:func:`vllm_vtprune.core.stc_cacher.select_dynamic_tokens`); ``Q_I, V_I`` for those; attention of the
+   with the lowest cosine to the reference's key at the same position (all heads concatenated) are selected
+   (``core.stc_cacher.lowest_k``, ties to the lower index); ``Q_I, V_I`` for those; attention of the
    selected queries over all fresh keys and the mixed values ``V_ref`` with rows ``I`` replaced;
    ``h += A_ref`` with rows ``I`` replaced by the fresh attention output; ``h += M_ref`` with rows ``I``
    replaced by ``MLP(LN2(h_I))``. The reference is not updated.
@@ -35,8 +38,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from vllm_vtprune.core.similarity import COSINE_EPS
 from vllm_vtprune.core.stc_cacher import (
-    COSINE_EPS,
     cosine_from_terms,
     flat_row_index,
     key_similarity_terms,
@@ -44,26 +47,8 @@ from vllm_vtprune.core.stc_cacher import (
     num_recomputed,
 )
 
-
-@dataclass
-class SelectiveGroup:
-    """Non-reference slices of one ``(H, W)`` and ratio, run batched as ``[G, H*W, C]``.
-
-    ``ref_slots[i]``: index (in the full-slice order of the call) of slice ``i``'s reference.
-    """
-
-    height: int
-    width: int
-    ratio: float
-    ref_slots: list[int]
-
-    @property
-    def num_tokens(self) -> int:
-        return self.height * self.width
-
-    @property
-    def num_slices(self) -> int:
-        return len(self.ref_slots)
+from .plan import SelectiveGroup, grid_runs
+from .vllm_mirror import apply_rotary, block_forward, embed_patches, run_layers
 
 
 @dataclass
@@ -99,25 +84,27 @@ class _QKVSplit:
 
 
 @dataclass
-class _SplitMemo:
-    """Per-tower memo of recovered (CPU-packed) split weights, invalidated when a layer's kernel changes."""
+class SplitMemo:
+    """Per-tower memo of recovered (CPU-packed) split weights, by block index; an entry holds the layer's packed
+    kernel it was recovered from and is recomputed when the layer's kernel changes (weights reloaded)."""
 
     entries: dict[int, tuple[Any, _QKVSplit]] = field(default_factory=dict)
 
 
 def _cpu_kernel(weight: torch.Tensor, bias: torch.Tensor | None):
     """vLLM's own CPU GEMM dispatch (oneDNN / sgl / torch) for a plain weight, as its linear layers use."""
-    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+    from vllm.model_executor.layers.utils import cpu_unquantized_gemm, dispatch_cpu_unquantized_gemm
 
     holder = torch.nn.Module()
     holder.weight = torch.nn.Parameter(weight, requires_grad=False)
     dispatch_cpu_unquantized_gemm(holder, remove_weight=False)
-    kernel = holder.cpu_linear
-    return lambda x: kernel(x, holder.weight, bias)
+    return lambda x: cpu_unquantized_gemm(holder, x, holder.weight, bias)
 
 
-def _qkv_split(layer: torch.nn.Module, width: int, memo: _SplitMemo) -> _QKVSplit:
+def _qkv_split(layer: torch.nn.Module, width: int, memo: SplitMemo, block: int) -> _QKVSplit:
+    """Separate Q / K / V projections of block ``block``'s fused ``qkv`` ``layer``."""
     from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+    from vllm.model_executor.layers.utils import cpu_unquantized_gemm
 
     bias = getattr(layer, "bias", None)
     b = (bias[:width], bias[width : 2 * width], bias[2 * width :]) if bias is not None else (None, None, None)
@@ -128,7 +115,7 @@ def _qkv_split(layer: torch.nn.Module, width: int, memo: _SplitMemo) -> _QKVSpli
         return _QKVSplit(weight[:width], weight[width : 2 * width], weight[2 * width :], *b, width=width)
     # CPU: vLLM packed the weight into a kernel and (usually) dropped the plain one after loading.
     kernel = getattr(layer, "cpu_linear", None)
-    cached = memo.entries.get(id(layer))
+    cached = memo.entries.get(block)
     if cached is not None and cached[0] is kernel:
         return cached[1]
     if weight.dim() == 2 and weight.shape[0] == 3 * width:
@@ -136,8 +123,8 @@ def _qkv_split(layer: torch.nn.Module, width: int, memo: _SplitMemo) -> _QKVSpli
     elif kernel is not None:
         in_features = getattr(layer, "input_size_per_partition", None) or layer.input_size
         dtype = bias.dtype if bias is not None else torch.get_default_dtype()
-        with torch.no_grad():
-            w_t = kernel(torch.eye(in_features, dtype=dtype), weight, None)  # [in, 3 * width] == W^T exactly
+        with torch.no_grad():  # [in, 3 * width] == W^T exactly
+            w_t = cpu_unquantized_gemm(layer, torch.eye(in_features, dtype=dtype), weight, None)
         if tuple(w_t.shape) != (in_features, 3 * width):
             return _QKVSplit(fused=layer, width=width)
         w = w_t.t()
@@ -149,47 +136,8 @@ def _qkv_split(layer: torch.nn.Module, width: int, memo: _SplitMemo) -> _QKVSpli
         split.kernels = (_cpu_kernel(wq, b[0]), _cpu_kernel(wk, b[1]), _cpu_kernel(wv, b[2]))
     except Exception:  # noqa: BLE001 - any dispatch failure: plain torch GEMMs are correct too
         split.kernels = None
-    memo.entries[id(layer)] = (kernel, split)  # holding `kernel` keeps its id from being reused
+    memo.entries[block] = (kernel, split)
     return split
-
-
-def _full_block(blk: torch.nn.Module, x: torch.Tensor, meta: dict[str, Any]):
-    """``Qwen3_VisionBlock.forward`` on ``x`` ``[S, 1, C]``, step for step, also returning (K, V, A, M).
-
-    Mirrors vLLM 0.32.0's ``Qwen2_5_VisionAttention.forward`` + ``Qwen3_VisionBlock.forward`` with the same
-    submodules and op order, so the rows are bit-identical to the stock block. ``K`` (rotated) and ``V`` are
-    views into the layer's own buffers (the fused qkv output keeps living until the selective step is done).
-    """
-    import einops
-
-    attn = blk.attn
-    heads = attn.num_attention_heads_per_partition
-    y, _ = attn.qkv(blk.norm1(x))
-    seq_len, batch_size, _ = y.shape
-    qkv = einops.rearrange(y, "s b (three head head_dim) -> b s three head head_dim", three=3, head=heads)
-    qk, v = qkv[:, :, :2], qkv[:, :, 2]
-    del qkv
-    qk = einops.rearrange(qk, "b s two head head_dim -> (two b) s head head_dim", two=2).contiguous()
-    qk = attn.apply_rotary_emb(qk, meta["rotary_pos_emb_cos"], meta["rotary_pos_emb_sin"])
-    q, k = qk.view(2, batch_size, seq_len, heads, attn.hidden_size_per_attention_head).unbind(dim=0)
-    ctx = attn.attn(
-        query=q,
-        key=k,
-        value=v,
-        cu_seqlens=meta["cu_seqlens"],
-        max_seqlen=meta["max_seqlen"],
-        sequence_lengths=meta.get("sequence_lengths"),
-    )
-    del q
-    ctx = einops.rearrange(ctx, "b s h d -> s b (h d)", b=batch_size).contiguous()
-    a, _ = attn.proj(ctx)
-    # Drop what the stock forward has dropped by now: CPU allocators hand the MLP recycled (warm) memory only
-    # when the attention temporaries are gone (measured: ~20% slower block otherwise).
-    del ctx
-    x = x + a
-    m = blk.mlp(blk.norm2(x))
-    x = x + m
-    return x, k, v, a, m
 
 
 class _RefRows:
@@ -216,25 +164,6 @@ class _RefRows:
         return rows2d.index_select(0, self.index).view(self.g, self.n, -1)
 
 
-def _rotate(attn: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Neox-style rotary on ``x`` ``[..., S, heads, head_dim]`` with ``cos``/``sin`` ``[S, head_dim / 2]``.
-
-    Off CPU: vLLM's own op (a fused kernel on CUDA). On CPU, the same arithmetic as vLLM's native op written
-    into one output buffer (no chunk/cat temporaries; ~2x faster): ``o1 = x1 c - x2 s``, ``o2 = x2 c + x1 s``.
-    """
-    if x.device.type != "cpu" or getattr(attn.apply_rotary_emb, "is_neox_style", True) is not True:
-        return attn.apply_rotary_emb(x, cos, sin)
-    d = x.shape[-1] // 2
-    c = cos.unsqueeze(-2).to(x.dtype)
-    s = sin.unsqueeze(-2).to(x.dtype)
-    x1, x2 = x[..., :d], x[..., d:]
-    out = torch.empty_like(x)
-    o1, o2 = out[..., :d], out[..., d:]
-    torch.mul(x1, c, out=o1).addcmul_(x2, s, value=-1)
-    torch.mul(x2, c, out=o2).addcmul_(x1, s)
-    return out
-
-
 def _selective_block(
     blk: torch.nn.Module,
     h: torch.Tensor,  # [G, N, C], updated in place
@@ -255,7 +184,7 @@ def _selective_block(
 
     u = blk.norm1(h)
     k, fused_out = split.k(u)
-    k = _rotate(attn, k.reshape(g, n, heads, hd), cos, sin)  # [G, N, heads, hd]
+    k = apply_rotary(attn, k.reshape(g, n, heads, hd), cos, sin)  # [G, N, heads, hd]
     k_ref = refs.take(k_full)  # [G, N, width]
     if tp_size > 1:  # each rank holds some heads: reduce the partial sums so all ranks select alike
         from vllm.distributed import tensor_model_parallel_all_reduce
@@ -272,9 +201,9 @@ def _selective_block(
 
     u_sel = u.reshape(g * n, c).index_select(0, flat)
     fused_sel = fused_out.reshape(g * n, -1).index_select(0, flat) if fused_out is not None else None
-    del u, fused_out, k_ref, sim  # free early: the allocator then recycles warm memory (see _full_block)
+    del u, fused_out, k_ref, sim  # free early: the allocator then recycles warm memory (see vllm_mirror.block_forward)
     q_sel, v_sel = split.qv(u_sel, fused_sel)
-    q_sel = _rotate(
+    q_sel = apply_rotary(
         attn,
         q_sel.reshape(1, g * kc, heads, hd),
         cos.index_select(0, idx.reshape(-1)),
@@ -309,17 +238,6 @@ def _selective_block(
     return h
 
 
-def _runs(hw: list[tuple[int, int]]) -> list[list[int]]:
-    """Run-length grid ``[[n, H, W], ...]`` for consecutive slices of equal ``(H, W)``."""
-    runs: list[list[int]] = []
-    for h, w in hw:
-        if runs and runs[-1][1] == h and runs[-1][2] == w:
-            runs[-1][0] += 1
-        else:
-            runs.append([1, h, w])
-    return runs
-
-
 def _row_index(starts: list[int], sizes: list[int], device: torch.device) -> torch.Tensor:
     """All rows of the ranges ``[starts[i], starts[i] + sizes[i])``, concatenated (int64)."""
     if not starts:
@@ -331,6 +249,34 @@ def _row_index(starts: list[int], sizes: list[int], device: torch.device) -> tor
     return rows.to(device)
 
 
+class _Hidden:
+    """The selective tower's hidden states: the full part ``[S_full, 1, C]`` and one ``[G, N, C]`` block per
+    group, laid out as [full slices | group 0 | group 1 ...]; ``src_rows[j]`` is the output-order row of layout
+    row ``j``."""
+
+    def __init__(self, hidden: torch.Tensor, n_full: int, groups: list[SelectiveGroup], src_rows: torch.Tensor):
+        self.src_rows = src_rows
+        self.full = hidden[:n_full].unsqueeze(1)
+        self.groups, at = [], n_full
+        for grp in groups:
+            size = grp.num_slices * grp.num_tokens
+            self.groups.append(hidden[at : at + size].view(grp.num_slices, grp.num_tokens, -1))  # disjoint views
+            at += size
+
+    def output_order(self) -> torch.Tensor:
+        """All rows in output order, ``[rows, 1, C]`` (what the mergers read)."""
+        total, c = self.src_rows.numel(), self.full.shape[-1]
+        buf = torch.empty(total, 1, c, dtype=self.full.dtype, device=self.full.device)
+        flat = buf.view(total, c)
+        at = self.full.shape[0]
+        if at:
+            flat.index_copy_(0, self.src_rows[:at], self.full.reshape(at, c))
+        for hg in self.groups:
+            flat.index_copy_(0, self.src_rows[at : at + hg.shape[0] * hg.shape[1]], hg.reshape(-1, c))
+            at += hg.shape[0] * hg.shape[1]
+        return buf
+
+
 def run_selective_tower(
     visual: torch.nn.Module,
     pixels: torch.Tensor,
@@ -338,7 +284,7 @@ def run_selective_tower(
     full_dest: list[int],
     groups: list[SelectiveGroup],
     group_dest: list[list[int]],
-    memo: _SplitMemo,
+    memo: SplitMemo,
 ) -> torch.Tensor:
     """Run the tower on full slices and selective groups in one layer loop; one merger pass at the end.
 
@@ -360,61 +306,33 @@ def run_selective_tower(
     for grp, dest in zip(groups, group_dest):
         parts.append(_row_index(dest, [grp.num_tokens] * len(dest), device))
     src_rows = torch.cat(parts)
-    total = pixels.shape[0]
-    if src_rows.numel() != total:
-        raise ValueError(f"pixels has {total} rows, the plan covers {src_rows.numel()}")
+    if src_rows.numel() != pixels.shape[0]:
+        raise ValueError(f"pixels has {pixels.shape[0]} rows, the plan covers {src_rows.numel()}")
 
-    hidden = visual.input_norm(pixels.to(device=device, non_blocking=True), visual.dtype)
-    hidden = visual.patch_embed(hidden).index_select(0, src_rows)  # layout order
-    meta = visual.prepare_encoder_metadata(_runs(full_hw)) if n_full else None
+    hidden = embed_patches(visual, pixels).index_select(0, src_rows)  # layout order
+    meta = visual.prepare_encoder_metadata(grid_runs(full_hw)) if n_full else None
     pos = [meta["pos_embeds"]] if meta is not None else []
     ropes, ref_rows = [], []
     for grp in groups:
         pos.append(visual.fast_pos_embed_interpolate([[grp.num_slices, grp.height, grp.width]]))
         ropes.append(visual.rot_pos_emb([[1, grp.height, grp.width]]))
         ref_rows.append(_RefRows([starts_full[s] for s in grp.ref_slots], grp.num_tokens, device))
-    hidden = hidden + torch.cat(pos, dim=0)
+    h = _Hidden(hidden + torch.cat(pos, dim=0), n_full, groups, src_rows)
 
-    h_full = hidden[:n_full].unsqueeze(1)
-    h_groups, at = [], n_full
-    for grp in groups:
-        size = grp.num_slices * grp.num_tokens
-        h_groups.append(hidden[at : at + size].view(grp.num_slices, grp.num_tokens, -1))  # disjoint views
-        at += size
-    c = hidden.shape[-1]
+    attn = visual.blocks[0].attn
+    width = attn.num_attention_heads_per_partition * attn.hidden_size_per_attention_head
 
-    def output_order() -> torch.Tensor:
-        buf = torch.empty(total, 1, c, dtype=hidden.dtype, device=device)
-        flat = buf.view(total, c)
-        if n_full:
-            flat.index_copy_(0, src_rows[:n_full], h_full.reshape(n_full, c))
-        at = n_full
-        for hg in h_groups:
-            flat.index_copy_(0, src_rows[at : at + hg.shape[0] * hg.shape[1]], hg.reshape(-1, c))
-            at += hg.shape[0] * hg.shape[1]
-        return buf
-
-    heads = visual.blocks[0].attn.num_attention_heads_per_partition
-    width = heads * visual.blocks[0].attn.hidden_size_per_attention_head
-    deepstack: list[torch.Tensor] = []
-    for layer_num, blk in enumerate(visual.blocks):
+    def run_block(layer_num: int, blk: torch.nn.Module) -> None:
         full_parts = None
         if n_full:
-            h_full, k, v, a, m = _full_block(blk, h_full, meta)
-            full_parts = (
-                k.reshape(n_full, width),
-                v.reshape(n_full, width),
-                a.reshape(n_full, -1),
-                m.reshape(n_full, -1),
-            )
+            h.full, k, v, a, m = block_forward(blk, h.full, meta)
+            full_parts = (k.reshape(n_full, width), v.reshape(n_full, width), a.reshape(n_full, -1),
+                          m.reshape(n_full, -1))
         if groups:
-            split = _qkv_split(blk.attn.qkv, width, memo)
+            split = _qkv_split(blk.attn.qkv, width, memo, layer_num)
             for i, grp in enumerate(groups):
-                h_groups[i] = _selective_block(
-                    blk, h_groups[i], grp, ref_rows[i], full_parts, ropes[i], split, visual.tp_size
+                h.groups[i] = _selective_block(
+                    blk, h.groups[i], grp, ref_rows[i], full_parts, ropes[i], split, visual.tp_size
                 )
-        del full_parts
-        if layer_num in visual.deepstack_visual_indexes:
-            merger = visual.deepstack_merger_list[visual.deepstack_visual_indexes.index(layer_num)]
-            deepstack.append(merger(output_order()))
-    return torch.cat([visual.merger(output_order())] + deepstack, dim=1)
+
+    return run_layers(visual, run_block, h.output_order)

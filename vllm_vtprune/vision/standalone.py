@@ -82,8 +82,9 @@ def build_vision_tower(
     random init. Returned in eval mode, on ``device``, in ``dtype``.
     """
     from vllm.config import VllmConfig, set_current_vllm_config
-    from vllm.model_executor.layers.quantization.base_config import QuantizeMethodBase
     from vllm.model_executor.models.qwen3_vl import Qwen3_VisionTransformer
+
+    from .vllm_mirror import process_weights_after_loading
 
     vision_config = hf_config.vision_config
     weights = (
@@ -105,10 +106,5 @@ def build_vision_tower(
             torch.set_default_dtype(old_dtype)
         tower.load_weights((k, v.to(dtype)) for k, v in weights.items())
         tower.to(device=device, dtype=dtype)
-        # What vLLM's loader does per layer (its model-level helper needs a full ModelConfig): on CPU this
-        # packs the GEMM weights and removes the plain ones, as in a served model.
-        for module in tower.modules():
-            quant_method = getattr(module, "quant_method", None)
-            if isinstance(quant_method, QuantizeMethodBase):
-                quant_method.process_weights_after_loading(module)
+        process_weights_after_loading(tower)
     return tower.eval()
