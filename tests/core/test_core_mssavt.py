@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vllm_vtprune.core import PruneConfig, select_tokens, total_budget
-from vllm_vtprune.core.mssavt import mssavt_scores, trace_selection
+from vllm_vtprune.core.mssavt import neighbour_cosines, trace_selection
+from vllm_vtprune.core.similarity import row_norms, shifted_row_cosines
 
 from .conftest import make_features
 
@@ -36,6 +37,15 @@ NEAREST_GAP = [
 
 def _unit(deg: float) -> list[float]:
     return [math.cos(math.radians(deg)), math.sin(math.radians(deg))]
+
+
+def mssavt_scores(x: torch.Tensor, grid) -> torch.Tensor:
+    """MSSAVT of every token of ``x`` [T, H*W, C] as ``trace_selection`` computes it: the max cosine to its
+    4-neighbours -> [T, H*W] (-inf if none)."""
+    t, h, w = grid
+    flat = x.reshape(t * h * w, -1)
+    right, below = shifted_row_cosines(flat, [1, w], row_norms(flat))
+    return neighbour_cosines(right, below, grid).amax(-1).view(t, h * w)
 
 
 def _grid_features() -> torch.Tensor:

@@ -21,8 +21,8 @@ def test_round_trip_canonical_form_and_inherited_floor() -> None:
         "min_tokens_per_slice": 2,
         "options": {"reference": "last_kept"},
     }
-    assert cfg.digest() != PruneConfig.from_dict({k: v for k, v in d.items() if k != "pre_tower"}).digest()
-    # single-stage configs keep their canonical form (and digest): no pre_tower key
+    assert cfg.to_dict() != PruneConfig.from_dict({k: v for k, v in d.items() if k != "pre_tower"}).to_dict()
+    # single-stage configs keep their canonical form (and so their hash): no pre_tower key
     assert "pre_tower" not in PruneConfig(method="vcast").to_dict()
     assert hash(cfg) == hash(PruneConfig.from_dict(d))
 

@@ -19,13 +19,12 @@ def test_exact_settings_are_not_active():
     assert not CacherConfig(True, 0.25, 1).active
 
 
-def test_round_trip_and_digest():
+def test_round_trip():
     c = CacherConfig.from_dict({"enabled": True, "recompute_ratio": 0.5, "refresh_interval": 4})
     assert CacherConfig.from_dict(c.to_dict()) == c
     assert c.to_dict() == {"enabled": True, "recompute_ratio": 0.5, "refresh_interval": 4}
     assert CacherConfig.from_dict({"recompute_ratio": 1}).recompute_ratio == 1.0
     assert CacherConfig.from_dict(None) == CacherConfig()
-    assert c.digest() == CacherConfig(True, 0.5, 4).digest() != CacherConfig(True, 0.5, 3).digest()
 
 
 @pytest.mark.parametrize(

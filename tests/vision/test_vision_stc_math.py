@@ -13,14 +13,17 @@ from hypothesis import strategies as st
 from vllm_vtprune.core.stc_cacher import (
     cosine_from_terms,
     flat_row_index,
-    gather_rows,
     key_similarity_terms,
     lowest_k,
     num_recomputed,
     reference_slices,
-    scatter_rows,
-    select_dynamic_tokens,
 )
+
+
+def select_dynamic_tokens(keys: torch.Tensor, ref_keys: torch.Tensor, ratio: float) -> torch.Tensor:
+    """STC's dynamic-token selection as the selective tower composes it (the tensor-parallel path: cosines from
+    the similarity terms): the ``num_recomputed`` lowest-cosine tokens of each slice, ascending."""
+    return lowest_k(cosine_from_terms(key_similarity_terms(keys, ref_keys)), num_recomputed(keys.shape[-2], ratio))
 
 
 def test_num_recomputed_matches_released_rule():
@@ -102,15 +105,10 @@ def test_similarity_matches_torch_cosine_and_is_rotation_invariant():
     torch.testing.assert_close(cosine_from_terms(key_similarity_terms(rope(keys), rope(ref))), sim)
 
 
-def test_gather_scatter_rows():
-    base = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3)
+def test_flat_row_index():
     idx = torch.tensor([[0, 3], [1, 4]])
-    rows = gather_rows(base, idx)
-    assert rows.tolist() == [
-        [base[0, 0].tolist(), base[0, 3].tolist()],
-        [base[1, 1].tolist(), base[1, 4].tolist()],
-    ]
-    out = scatter_rows(base, idx, -rows)
-    assert torch.equal(out[0, 3], -base[0, 3]) and torch.equal(out[1, 2], base[1, 2])
-    assert torch.equal(base[0, 3], torch.tensor([9.0, 10.0, 11.0]))  # not in place by default
     assert flat_row_index(idx, 5).tolist() == [0, 3, 6, 9]
+    base = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3)
+    rows = base.reshape(-1, 3).index_select(0, flat_row_index(idx, 5))
+    assert torch.equal(rows, torch.stack([base[0, 0], base[0, 3], base[1, 1], base[1, 4]]))
+    assert torch.equal(flat_row_index(idx[0], 5), idx[0])  # one slice: its own indices

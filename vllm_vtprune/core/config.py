@@ -1,20 +1,19 @@
 """``PruneConfig``: which method, how many tokens, and the method's options; validated, hashable, canonical.
 
-The canonical form (all defaults filled, options sorted) goes into vLLM's multimodal hash through ``digest()``,
-so two requests that would select different tokens never share an encoder-cache entry.
+The canonical form (``to_dict``: all defaults filled, options sorted) is part of the adapter's settings, whose
+JSON goes into vLLM's multimodal hash, so two requests that would select different tokens never share an
+encoder-cache entry.
 
 Two stages: ``{"method": "vcast", "retention": 0.5, "pre_tower": {"method": "novelty", "retention": 0.5}}``
 first keeps ``B1 = total_budget(grid, pre_tower)`` merge groups chosen from the pixels (the tower runs on those
 only), then the post-tower method keeps ``B2 = two_stage_budget(B1, T, cfg)`` of them (``selection.stage_budgets``).
 The pre-tower config's ``min_tokens_per_slice`` defaults to the top-level one and may not be smaller, so every
 slice reaches the post-tower stage with at least the post-tower floor. ``pre_tower`` appears in the canonical form
-only when set, so single-stage configs keep their digests.
+only when set, so single-stage configs keep their canonical form (and hash).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -126,19 +125,7 @@ class PruneConfig:
             d["pre_tower"] = self.pre_tower.to_dict()
         return d
 
-    def digest(self) -> str:
-        """Stable 16-hex-digit hash of the canonical JSON (same value in every process and on every machine)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
     @property
     def stateful(self) -> bool:
         """Whether selection under this config follows a stream's history (see ``PruningMethod``)."""
         return get_method(self.method).uses_stream_state(self)
-
-    def option(self, name: str) -> Any:
-        """Value of one method option; KeyError naming the method's options otherwise."""
-        for key, value in self.options:
-            if key == name:
-                return value
-        raise KeyError(f"method {self.method!r} has no option {name!r}; it has {[k for k, _ in self.options]}")

@@ -137,14 +137,6 @@ def neighbour_cosines(right: torch.Tensor, below: torch.Tensor, grid: Grid) -> t
     return out
 
 
-def mssavt_scores(x: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """MSSAVT of every token of ``x`` [T, H*W, C]: max cosine to its 4-neighbours -> [T, H*W] (-inf if none)."""
-    t, h, w = grid
-    flat = x.reshape(t * h * w, -1)
-    right, below = shifted_row_cosines(flat, [1, w], row_norms(flat))
-    return neighbour_cosines(right, below, grid).amax(-1).view(t, h * w)
-
-
 def _neighbour_index(h: int, w: int, device: torch.device) -> torch.Tensor:
     """Raster index of each position's 4 neighbours [H*W, 4]; H*W (a spare column) where outside the grid."""
     index = torch.arange(h * w, device=device).view(1, h, w)

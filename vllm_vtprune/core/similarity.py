@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-COSINE_EPS = 1e-8  # torch.nn.functional.cosine_similarity's default (EVS, DTD, DyCoke, MSSAVT)
+COSINE_EPS = 1e-8  # torch.nn.functional.cosine_similarity's default (EVS, DTD, DyCoke, MSSAVT, STC-Cacher)
 _CPU_BLOCK_ELEMENTS = 1 << 20  # fp32 elements per block on CPU: 4 MB
 
 

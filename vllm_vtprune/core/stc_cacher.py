@@ -1,9 +1,8 @@
 """STC-Cacher selection math, pure torch (no vLLM import): which slices are references, which tokens to recompute.
 
 Port of STC's ViT feature caching with selective recomputation (arXiv 2512.00891; official code
-``model/custom_siglip.py::forward_with_selective_key_recompute`` and ``stc/core/selectors.py``; research note
-``algorithms.md`` §2.2 and §2.5). The layer-level forward that uses these helpers lives in
-``vllm_vtprune.vision.selective`` (it needs vLLM's Qwen3-VL vision tower).
+``model/custom_siglip.py::forward_with_selective_key_recompute`` and ``stc/core/selectors.py``). The layer-level
+forward that uses these helpers lives in ``vllm_vtprune.vision.selective`` (it needs vLLM's Qwen3-VL vision tower).
 
 Schedule (:func:`reference_slices`): within one video, temporal slice ``t`` is a *reference* (full compute, its
 per-layer keys, values, attention-branch and MLP-branch outputs are kept) when ``t % refresh_interval == 0``;
@@ -11,9 +10,10 @@ any other slice reuses the most recent reference ``t - t % refresh_interval`` of
 released periodic refresh (``chunk_idx % cache_interval == 0``) with one Qwen3-VL temporal slice (two frames) per
 chunk; there is no similarity-triggered refresh, as in the released code.
 
-Selection (:func:`select_dynamic_tokens`): per non-reference slice and per layer, the ``k = max(1, floor(r*N))``
-tokens whose keys moved most, i.e. with the lowest cosine between the fresh key and the reference's key at the
-same token index, all heads concatenated. Deviations from the released code, both only about ties and order:
+Selection: per non-reference slice and per layer, the ``k = max(1, floor(r*N))`` (:func:`num_recomputed`) tokens
+whose keys moved most, i.e. with the lowest cosine between the fresh key and the reference's key at the same token
+index, all heads concatenated (:func:`lowest_k` of the cosines). Deviations from the released code, both only about
+ties and order:
 
 - ties go to the lower token index (stable sort; the released ``topk(largest=False)`` leaves them unspecified);
 - the returned indices are sorted ascending (raster order), so gathers and scatters are cache-friendly and the
@@ -30,7 +30,7 @@ import math
 
 import torch
 
-COSINE_EPS = 1e-8  # torch.nn.functional.cosine_similarity's default
+from .similarity import COSINE_EPS
 
 
 def num_recomputed(num_tokens: int, ratio: float) -> int:
@@ -92,26 +92,6 @@ def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     return order[..., :k].sort(dim=-1).values
 
 
-def select_dynamic_tokens(
-    keys: torch.Tensor,
-    ref_keys: torch.Tensor,
-    ratio: float,
-    *,
-    terms: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """STC's dynamic-token selection, batched over slices.
-
-    ``keys``, ``ref_keys``: ``[G, N, D]`` (or ``[N, D]``), the fresh keys of ``G`` slices and their references'
-    keys at the same token positions, all heads concatenated in ``D``. Returns ``int64 [G, k]`` (or ``[k]``),
-    ``k = num_recomputed(N, ratio)``: the lowest-cosine tokens of each slice, ascending. ``terms`` replaces the
-    locally computed :func:`key_similarity_terms` (e.g. after a tensor-parallel all-reduce).
-    """
-    if terms is None:
-        terms = key_similarity_terms(keys, ref_keys)
-    sim = cosine_from_terms(terms)
-    return lowest_k(sim, num_recomputed(keys.shape[-2], ratio))
-
-
 def flat_row_index(idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """Row numbers of ``idx`` ``[G, k]`` (token indices per slice) in the flattened ``[G * num_tokens]`` rows."""
     if idx.dim() == 1:
@@ -119,33 +99,3 @@ def flat_row_index(idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
     g = idx.shape[0]
     offsets = torch.arange(g, device=idx.device, dtype=idx.dtype).mul_(num_tokens)
     return (idx.reshape(g, -1) + offsets.unsqueeze(1)).reshape(-1)
-
-
-def gather_rows(x: torch.Tensor, idx: torch.Tensor, flat: torch.Tensor | None = None) -> torch.Tensor:
-    """Rows ``idx`` ``[G, k]`` of each slice of ``x`` ``[G, N, C]``: ``[G, k, C]`` (``[k, C]`` for 2-D input).
-
-    ``flat``: :func:`flat_row_index` of ``idx``, when the caller already has it.
-    """
-    n, c = x.shape[-2], x.shape[-1]
-    if flat is None:
-        flat = flat_row_index(idx, n)
-    return x.reshape(-1, c).index_select(0, flat).view(*idx.shape, c)
-
-
-def scatter_rows(
-    base: torch.Tensor,
-    idx: torch.Tensor,
-    rows: torch.Tensor,
-    *,
-    inplace: bool = False,
-    flat: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``base`` ``[G, N, C]`` with rows ``idx`` ``[G, k]`` of each slice replaced by ``rows`` ``[G, k, C]``."""
-    out = base if inplace else base.clone()
-    n, c = out.shape[-2], out.shape[-1]
-    if flat is None:
-        flat = flat_row_index(idx, n)
-    if not out.is_contiguous():
-        raise ValueError("scatter_rows needs a contiguous base")
-    out.view(-1, c).index_copy_(0, flat, rows.reshape(-1, c).to(out.dtype))
-    return out

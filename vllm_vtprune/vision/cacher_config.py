@@ -5,8 +5,6 @@ No vLLM or torch import: safe for the API-server side that parses settings.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -88,8 +86,3 @@ class CacherConfig:
             "recompute_ratio": self.recompute_ratio,
             "refresh_interval": self.refresh_interval,
         }
-
-    def digest(self) -> str:
-        """Stable 16-hex-digit hash of the canonical JSON (for mm-hash / cache salting)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
