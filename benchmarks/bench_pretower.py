@@ -1,4 +1,4 @@
-"""Pre-tower pruning benchmark (issue #13): the vision tower on kept merge groups only vs the full tower.
+"""Pre-tower pruning benchmark: the vision tower on kept merge groups only vs the full tower.
 
 Runs vLLM 0.32.0's own ``Qwen3_VisionTransformer`` standalone (no engine) on the scaled config
 (``vllm_vtprune.testing.tiny_qwen3vl.scaled_config``: Qwen3-VL-8B's ViT layout, narrower and shallower; HF's

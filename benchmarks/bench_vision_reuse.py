@@ -1,4 +1,4 @@
-"""ViT reuse benchmark (issue 5): STC-Cacher and the exact slice cache, side by side, on vLLM's Qwen3-VL tower.
+"""ViT reuse benchmark: STC-Cacher and the exact slice cache, side by side, on vLLM's Qwen3-VL tower.
 
 Runs vLLM 0.32.0's own ``Qwen3_VisionTransformer`` standalone (no engine) on the scaled config
 (``vllm_vtprune.testing.tiny_qwen3vl.scaled_config``: Qwen3-VL-8B's ViT layout, narrower and shallower; HF's

@@ -6,7 +6,8 @@ Two sweeps share one plan, because they answer different questions:
   what pruning buys one user);
 - the *concurrency sweep* runs vanilla, the plugin with pruning off (``none``) and every method at one
   retention across the concurrency levels (throughput vs concurrency: whether pruning still pays when the
-  server is busy; vLLM's EVS lost 54 % throughput at concurrency 32, see shared research §1.1).
+  server is busy: vLLM's EVS on Cosmos3-Edge, H200, gave +10 % requests/s at concurrency 1 but -54 % at
+  concurrency 32, vLLM PR #51221).
 
 ``none`` is the retention-1.0 point of every method (it keeps all tokens), so the sweep does not repeat
 ``method@1.0`` unless asked to.

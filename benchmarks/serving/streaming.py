@@ -4,7 +4,7 @@ Two client patterns (``--stream-mode``):
 
 - ``grow``: each turn resends the whole video so far (frames 0..N, then 0..N+k) with a new question. vLLM
   hashes the whole clip, so neither its encoder cache nor its prefix cache helps past the first turn; a
-  per-slice tower cache (the plugin's slice cache, issue 5) can, and pruning shrinks every prefill.
+  per-slice tower cache (the plugin's slice cache) can, and pruning shrinks every prefill.
 - ``chunks``: each turn appends only the new seconds as their own video item to the conversation, so
   earlier turns' KV blocks are prefix-cache hits on any server.
 

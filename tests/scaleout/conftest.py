@@ -32,7 +32,7 @@ PLUGIN_ARGS = ("--plugin", "vtprune", "--vtprune-preset", "vcast", "--enable-pro
 
 
 def slice_cache_args() -> tuple[str, ...]:
-    """A per-worker slice-cache budget for the replicas, once the plugin has the option (issue 5)."""
+    """A per-worker slice-cache budget for the replicas, once the plugin has the option."""
     from dataclasses import fields
 
     from vllm_vtprune.settings import VtpruneSettings

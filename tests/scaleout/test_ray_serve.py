@@ -132,7 +132,7 @@ def test_requests_without_a_stream_id_work_on_any_replica(client, videos, tiny_m
 def test_a_growing_session_hits_its_replicas_slice_cache_on_every_turn_after_the_first(client, growing_clips):
     text, _ = client.metrics("cache-stream")
     if SLICE_CACHE_HITS not in text:
-        pytest.skip(f"{SLICE_CACHE_HITS} is not on /metrics yet: the exact per-slice tower cache (issue 5) "
+        pytest.skip(f"{SLICE_CACHE_HITS} is not on /metrics yet: the exact per-slice tower cache "
                     "has not landed; stickiness is covered by the tests above")
     hits = [_hits(text)]
     for clip in growing_clips(seed=11):  # frames no other test sends: the first turn cannot hit

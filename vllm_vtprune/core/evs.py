@@ -1,6 +1,6 @@
 """``evs``: Efficient Video Sampling as vLLM implements it, re-implemented without importing vLLM.
 
-Source: ``vllm/multimodal/video_prune/evs.py`` (vLLM 0.32.0; research note §1.3.3 and §5.1).
+Source: ``vllm/multimodal/video_prune/evs.py`` (vLLM 0.32.0).
 
 - Budget: ``max(H*W, int(T*H*W*retention))``, vLLM's ``compute_retained_tokens_count`` with pruning rate
   ``q = 1 - retention`` (truncation by ``int()``, not rounding).

@@ -1,7 +1,7 @@
 """``mssavt``: StreamingAssistant's spatial pruning (MSSAVT + masked pruning) plus a temporal stage.
 
-StreamingAssistant (arXiv 2512.12560) has no public code; this follows the research note's reconstruction
-(§1.1-1.4). Confirmed by the paper: MSSAVT, the maximum cosine similarity of a token to its spatially adjacent
+StreamingAssistant (arXiv 2512.12560) has no public code; this reconstructs it from the paper's text.
+Confirmed by the paper: MSSAVT, the maximum cosine similarity of a token to its spatially adjacent
 tokens of the same frame, scores spatial redundancy; masked pruning prunes only mutually non-adjacent tokens in
 one go; an existing temporal pruner removes temporal redundancy. Everything else below is a documented choice.
 

@@ -14,9 +14,9 @@ grids, so methods written for full grids only need no change.
 (``pretower.select_pretower``), with ``x`` the 8-bit pixel levels of each merge group [T, H*W, 4 * 3*2*16*16]
 instead of features. Both share the budget rule, the keep-mask contract and the checks.
 
-One deviation from the brief's interface: ``x`` keeps the caller's dtype (fp32, bf16 or fp16) instead of being an
-fp32 copy; methods score in fp32 through the block-wise helpers of ``similarity.py``, which is 5-8x faster on CPU
-than materialising fp32 copies of a whole video.
+``x`` keeps the caller's dtype (fp32, bf16 or fp16) rather than being an fp32 copy: methods score in fp32 through
+the block-wise helpers of ``similarity.py``, which is 5-8x faster on CPU than materialising fp32 copies of a whole
+video.
 """
 
 from __future__ import annotations

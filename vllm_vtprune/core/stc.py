@@ -1,6 +1,6 @@
 """``stc``: STC-Pruner, spatio-temporal anchor pruning before the LLM (arXiv 2512.00891, CVPR 2026).
 
-Follows the released code (``lern-to-write/STC`` @ 9b13ce0, ``model/prune.py::STC_Pruner``; research note §2.3).
+Follows the released code (``lern-to-write/STC`` @ 9b13ce0, ``model/prune.py::STC_Pruner``).
 
 ``strategy="gaussian"`` (default, what produced the released numbers), per chunk:
 

@@ -1,6 +1,6 @@
 """Temporal stages for MSSAVT: StreamingAssistant's unnamed "existing temporal-redundancy pruning method".
 
-The paper does not name it (research note §1.3), so it is pluggable. Every stage runs in budget mode, because vLLM
+The paper does not name it, so it is pluggable. Every stage runs in budget mode, because vLLM
 needs the token count before the vision tower runs: it drops ``target`` tokens (fewer only if the referenced slices
 cannot give more while keeping ``floor`` tokens each), choosing the tokens most similar (cosine) to a reference
 slice at the same spatial position.
@@ -15,7 +15,8 @@ slice at the same spatial position.
 - ``dycoke``: DyCoke's TTM (``KD-TAO/DyCoke``, ``llava_arch.py::dycole_ttm``) windows of 4 slices
   (i, i+1, i+2, i+3): i is kept whole, i+1 and i+2 are compared with i, i+3 with i+2; ``target`` is split evenly
   over the non-anchor slices (DyCoke drops a fixed fraction of each). Windows restart at every call. The official
-  pair loop's index ``(i-2)//2`` is off by one (research note §1.3.2); the windows above are the described intent.
+  pair loop's similarity index ``(i-2)//2`` is off by one (it compares with the wrong frame); the windows above are
+  the described intent.
 - ``none``: no temporal stage.
 
 Partial grid (second stage after a pre-tower stage): a token whose reference position was not computed by the

@@ -1,7 +1,6 @@
 """``vcast``: V-CAST, curvature-guided temporal allocation plus dual-anchor spatial selection (arXiv 2603.27650).
 
-Follows the official Qwen3-VL code (``xinyouu/V-CAST`` @ c235ef3, ``compressor/v_cast/modeling_qwen3_vl_v_cast.py``;
-research note §3.3-3.4):
+Follows the official Qwen3-VL code (``xinyouu/V-CAST`` @ c235ef3, ``compressor/v_cast/modeling_qwen3_vl_v_cast.py``):
 
 1. Trajectory: ``r_t = normalize(mean_p x[t, p])`` (eps 1e-6).
 2. Curvature: ``kappa_t = 1 - cos(r_t - r_{t-1}, r_{t+1} - r_t)`` (eps 1e-6) for interior slices, 1 at both ends.
