@@ -31,13 +31,11 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from .novelty import NoveltyOptions, pretower_budget, select_novel, temporal_change
-from .registry import PruningMethod, register_method
+from .novelty import NoveltyOptions, PixelNoveltyMethod, select_novel, temporal_change
+from .registry import register_method
 
 if TYPE_CHECKING:
-    from .budget import Grid
     from .config import PruneConfig
-    from .state import StreamState
 
 
 @dataclass(frozen=True)
@@ -55,27 +53,16 @@ def video_duplicates(levels: torch.Tensor) -> torch.Tensor:
 
 
 @register_method
-class Dedup(PruningMethod):
+class Dedup(PixelNoveltyMethod):
     name = "dedup"
-    stage = "pre_tower"
     Options = DedupOptions
 
     @classmethod
-    def total_budget(cls, grid: Grid, cfg: PruneConfig) -> int:
-        return pretower_budget(grid, cfg)
-
-    @classmethod
-    def select(
-        cls, x: torch.Tensor, grid: Grid, budget: int, cfg: PruneConfig, state: StreamState | None
-    ) -> tuple[torch.Tensor, None]:
-        t, g, _ = x.shape
-        if t <= 1:
-            return torch.ones(t, g, dtype=torch.bool, device=x.device), None
+    def select_slices(cls, x: torch.Tensor, budget: int, cfg: PruneConfig) -> torch.Tensor:
         options = cls.options(cfg)
         change = temporal_change(x)
         if options.scope == "temporal":
-            duplicate = torch.cat([torch.zeros(1, g, dtype=torch.bool, device=x.device), change == 0])
+            duplicate = torch.cat([torch.zeros(1, x.shape[1], dtype=torch.bool, device=x.device), change == 0])
         else:
             duplicate = video_duplicates(x)
-        keep = select_novel(x, budget, cfg.min_tokens_per_slice, options.reference, duplicate, change)
-        return keep, None
+        return select_novel(x, budget, cfg.min_tokens_per_slice, options.reference, duplicate, change)

@@ -142,11 +142,11 @@ def _top_per_slice(novelty: torch.Tensor, counts: torch.Tensor, unique: torch.Te
     return rank < counts[:, None]
 
 
-@register_method
-class Novelty(PruningMethod):
-    name = "novelty"
+class PixelNoveltyMethod(PruningMethod):
+    """What ``novelty`` and ``dedup`` share: the pre-tower stage, ``pretower_budget``, and a one-slice video kept
+    whole; ``select_slices`` chooses among the slices of a longer one."""
+
     stage = "pre_tower"
-    Options = NoveltyOptions
 
     @classmethod
     def total_budget(cls, grid: Grid, cfg: PruneConfig) -> int:
@@ -159,4 +159,19 @@ class Novelty(PruningMethod):
         t, g, _ = x.shape
         if t <= 1:
             return torch.ones(t, g, dtype=torch.bool, device=x.device), None
-        return select_novel(x, budget, cfg.min_tokens_per_slice, cls.options(cfg).reference), None
+        return cls.select_slices(x, budget, cfg), None
+
+    @classmethod
+    def select_slices(cls, x: torch.Tensor, budget: int, cfg: PruneConfig) -> torch.Tensor:
+        """Keep mask [T, G] of exactly ``budget`` groups of the pixel levels ``x`` [T, G, D], T >= 2."""
+        raise NotImplementedError
+
+
+@register_method
+class Novelty(PixelNoveltyMethod):
+    name = "novelty"
+    Options = NoveltyOptions
+
+    @classmethod
+    def select_slices(cls, x: torch.Tensor, budget: int, cfg: PruneConfig) -> torch.Tensor:
+        return select_novel(x, budget, cfg.min_tokens_per_slice, cls.options(cfg).reference)
