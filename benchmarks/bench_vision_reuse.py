@@ -15,8 +15,9 @@ scaled one); their preparation and the slice-key hashing (API-server side) are n
 reported on its own).
 
 Timing: ``EncodeStats.tower_seconds`` (``StageTimer`` around the tower call: CUDA events on GPU, read once they
-complete; wall clock on CPU) and the whole ``encode`` wall time. The dev box is a shared 2-core VM: one intra-op thread (``--threads 1``, default) gives
-far steadier medians than oversubscribed OpenMP; ``--threads 0`` keeps torch's default.
+complete; wall clock on CPU) and the whole ``encode`` wall time. The dev box is a shared 2-core VM: one intra-op
+thread (``--threads 1``, default) gives far steadier medians than oversubscribed OpenMP; ``--threads 0`` keeps
+torch's default.
 
 Usage: ``.venv/bin/python benchmarks/bench_vision_reuse.py [--quick] [--repeats N] [--json PATH]``.
 """
