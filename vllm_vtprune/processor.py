@@ -226,8 +226,7 @@ class VtpruneQwen3VLProcessor(Qwen3VLMultiModalProcessor):
 def item_layout(data: Mapping[str, Any], tokenizer, merge: int) -> VideoLayout:
     """The layout the processor decided for a processed video item (the same in the API server and worker)."""
     plan = decode_plan(data[PLAN_FIELD].data)
-    kept = data[KEPT_FIELD].data
-    cells = tuple(kept.tolist()) if known_before_tower(plan.settings.prune) and kept.numel() else None
+    cells = tuple(data[KEPT_FIELD].data.tolist()) if known_before_tower(plan.settings.prune) else None
     return VideoLayout(llm_grid(data["video_grid_thw"].data.tolist(), merge),
                        timestamp_ids(tokenizer, data["timestamps"].data), plan.kept, cells)
 
