@@ -22,6 +22,7 @@ import torch
 
 from .budget import Grid, check_grid, split_by_room
 from .config import PruneConfig
+from .options import short_repr
 from .registry import get_method
 from .state import StreamState
 
@@ -55,7 +56,7 @@ def total_budget(grid: Grid, cfg: PruneConfig) -> int:
     t, h, w = grid = check_grid(grid)
     if cfg.min_tokens_per_slice > h * w:
         raise ValueError(
-            f"vtprune.min_tokens_per_slice={cfg.min_tokens_per_slice} exceeds the {h * w} tokens of one "
+            f"vtprune.min_tokens_per_slice={short_repr(cfg.min_tokens_per_slice)} exceeds the {h * w} tokens of one "
             f"temporal slice of grid (T, H, W) = {grid}"
         )
     budget = get_method(cfg.method).total_budget(grid, cfg)

@@ -57,6 +57,7 @@ class EncodeStats:
     tokens_computed: int = 0
     references_recomputed: int = 0  # cached references recomputed because a dependant missed
     tower_calls: int = 0
+    slice_cache_bytes: int = 0  # the slice cache's size after the call
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -332,4 +333,5 @@ class VideoEncoder:
             spt = stats.tower_seconds / stats.tokens_computed
         if spt is not None:
             stats.seconds_saved_estimate = max(0.0, spt * stats.tokens_total - stats.tower_seconds)
+        stats.slice_cache_bytes = self.cache.bytes_used
         return results, stats
