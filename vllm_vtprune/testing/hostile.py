@@ -97,12 +97,16 @@ class Reply:
 
 
 class RawChat:
-    """Chat completions as raw HTTP: any JSON body, the status as it comes (no client-side validation)."""
+    """Chat completions as raw HTTP: any JSON body, the status as it comes (no client-side validation).
+
+    One connection per request: vLLM answers some client mistakes (a ``file://`` video URL on a server without
+    ``--allowed-local-media-path``) with a 500 and then closes the connection, which a pooled connection would
+    meet as a reset on the next request."""
 
     def __init__(self, base_url: str, model: str, timeout: float = 600.0) -> None:
         self.url = base_url
         self.model = model
-        self.http = httpx.Client(base_url=base_url, timeout=timeout)
+        self.http = httpx.Client(base_url=base_url, timeout=timeout, headers={"connection": "close"})
 
     def body(self, videos: Sequence[str] = (), question: str = "What happens in the video?", *,
              vtprune: Any = NOT_SET, max_tokens: int = 1, **extra: Any) -> dict[str, Any]:
