@@ -207,7 +207,8 @@ def _value_cases(slice_tokens: int) -> list[tuple[str, Any, bool, str]]:
             cases.append((f"unknown {_show(key)}={_show(value)}", {key: value}, False, f"vtprune.{key[:20]}"))
     for key in SERVER_ONLY:
         for value in BAD_TYPES:
-            cases.append((f"server-only {key}={_show(value)}", {key: value}, False, f"vtprune.{key} is a server setting"))
+            cases.append((f"server-only {key}={_show(value)}", {key: value}, False,
+                          f"vtprune.{key} is a server setting"))
     return cases
 
 
@@ -413,7 +414,8 @@ def test_lower_cost_policy_against_hostile_values(chunked_server, tiny_model, cl
         (None, 200, None),
     ]
     try:
-        _check([(_show(vtprune), raw.ask([clip], vtprune=vtprune), status, needle) for vtprune, status, needle in cases])
+        _check([(_show(vtprune), raw.ask([clip], vtprune=vtprune), status, needle)
+                for vtprune, status, needle in cases])
         guard.still_serving()
     finally:
         raw.close()

@@ -43,12 +43,15 @@ def test_same_status_as_vanilla_for_every_video(vanilla_server, plugin_server, t
                 continue
             for settings in PLUGIN_SETTINGS:
                 reply = plugin.ask([m.url], vtprune=settings, max_tokens=1)
+                case = f"{m.name} {settings}: {reply.status}"
                 if reply.status != base.status:
-                    wrong.append(f"{m.name} {settings}: {reply.status} {reply.message[:120]!r}, vanilla {base.status}")
-                elif reply.status == 200 and settings["method"] == "none" and reply.prompt_tokens != base.prompt_tokens:
-                    wrong.append(f"{m.name}: {reply.prompt_tokens} prompt tokens unpruned, vanilla {base.prompt_tokens}")
-                elif reply.status == 200 and reply.prompt_tokens > base.prompt_tokens:
-                    wrong.append(f"{m.name} {settings}: {reply.prompt_tokens} prompt tokens, vanilla {base.prompt_tokens}")
+                    wrong.append(f"{case} {reply.message[:120]!r}, vanilla {base.status}")
+                elif reply.status != 200:
+                    continue
+                elif settings["method"] == "none" and reply.prompt_tokens != base.prompt_tokens:
+                    wrong.append(f"{case}, {reply.prompt_tokens} prompt tokens unpruned, vanilla {base.prompt_tokens}")
+                elif reply.prompt_tokens > base.prompt_tokens:
+                    wrong.append(f"{case}, {reply.prompt_tokens} prompt tokens, vanilla {base.prompt_tokens}")
         assert not wrong, "\n".join(wrong)
     finally:
         vanilla.close()
