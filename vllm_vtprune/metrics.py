@@ -117,6 +117,9 @@ class WorkerMetrics:
             self.stream_resets = Counter("vtprune:stream_resets",
                                          "Streams started afresh: other method or options, or a failed selection.",
                                          registry=None)
+            self.slice_cache_bytes = Gauge("vtprune:slice_cache_bytes",
+                                           "Bytes of vision-tower outputs held by the slice cache.",
+                                           multiprocess_mode="livesum", registry=None)
             self.stream_state_bytes = Gauge("vtprune:stream_state_bytes", "Bytes of stream state held (CPU).",
                                             multiprocess_mode="livesum", registry=None)
             self.unplaced_rows = Counter("vtprune:unplaced_position_rows",
@@ -142,6 +145,7 @@ class WorkerMetrics:
         self.slice_cache_misses.inc(stats.slices_computed)
         self.cacher_selective_slices.inc(stats.cacher_selective_slices)
         self.tower_seconds_saved.inc(self.saved_seconds.record(stats))
+        self.slice_cache_bytes.set(stats.slice_cache_bytes)
 
     @classmethod
     def from_env(cls) -> WorkerMetrics | None:

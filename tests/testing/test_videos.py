@@ -6,7 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vllm_vtprune.testing.videos import KINDS, make_frames, mp4_data_url, read_mp4, video_suite, write_mp4
+from vllm_vtprune.testing.videos import (
+    KINDS,
+    iter_frames,
+    make_frames,
+    mp4_data_url,
+    read_mp4,
+    video_suite,
+    write_mp4,
+)
 
 T, W, H = 32, 256, 256
 
@@ -58,6 +66,14 @@ def test_slow_pan_shifts_content_by_the_pan_step() -> None:
     for t in range(T - 1):
         assert np.array_equal(frames[t + 1][:, : W - step], frames[t][:, step:])
         assert not np.array_equal(frames[t + 1], frames[t])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_frames_one_at_a_time_are_the_same_frames(kind: str, tmp_path: Path) -> None:
+    frames = make_frames(kind, num_frames=9, width=66, height=40, seed=2)
+    assert np.array_equal(np.stack(list(iter_frames(kind, 9, 66, 40, seed=2))), frames)
+    from_iterable = write_mp4(iter_frames(kind, 9, 66, 40, seed=2), tmp_path / "a.mp4", fps=4.0)
+    assert from_iterable.read_bytes() == write_mp4(frames, tmp_path / "b.mp4", fps=4.0).read_bytes()
 
 
 def test_mp4_round_trip(tmp_path: Path) -> None:

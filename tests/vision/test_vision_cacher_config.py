@@ -50,3 +50,14 @@ def test_errors_name_the_key(d, message):
 def test_not_a_mapping():
     with pytest.raises(ValueError, match="vtprune.cacher must be a mapping"):
         CacherConfig.from_dict([("enabled", True)])
+
+
+def test_tower_cost_is_the_share_of_work_computed():
+    assert CacherConfig().tower_cost == CacherConfig(True, 1.0, 4).tower_cost == 1.0
+    assert CacherConfig(True, 0.25, 2).tower_cost == pytest.approx((1 + 0.25) / 2)
+    assert CacherConfig(True, 0.5, 4).tower_cost == pytest.approx((1 + 3 * 0.5) / 4)
+
+
+def test_tower_cost_of_a_huge_interval_does_not_overflow():
+    """A client may send any JSON integer; float((k - 1) * ratio) would raise OverflowError for 10**400."""
+    assert CacherConfig(True, 0.25, 10**400).tower_cost == 0.25

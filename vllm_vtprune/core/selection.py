@@ -34,6 +34,7 @@ import torch
 
 from .budget import Grid, check_grid, slice_floors, split_with_floor
 from .config import PruneConfig
+from .options import short_repr
 from .registry import get_method
 from .state import StreamState
 
@@ -86,7 +87,7 @@ def _stage_budget(grid: Grid, cfg: PruneConfig) -> int:
     t, h, w = grid = check_grid(grid)
     if cfg.min_tokens_per_slice > h * w:
         raise ValueError(
-            f"vtprune.min_tokens_per_slice={cfg.min_tokens_per_slice} exceeds the {h * w} tokens of one "
+            f"vtprune.min_tokens_per_slice={short_repr(cfg.min_tokens_per_slice)} exceeds the {h * w} tokens of one "
             f"temporal slice of grid (T, H, W) = {grid}"
         )
     budget = get_method(cfg.method).total_budget(grid, cfg)

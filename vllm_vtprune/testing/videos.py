@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import itertools
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -72,34 +74,30 @@ def _draw_rect(img: np.ndarray, cy: float, cx: float, half: float, color: np.nda
     img[y0:y1, x0:x1] = color
 
 
-def _moving_shapes(
-    background: np.ndarray, rng: np.random.Generator, num_frames: int, num_shapes: int, speed: float
-) -> np.ndarray:
-    """Shapes on smooth Lissajous paths over a static background; ``speed`` scales the angular rate."""
-    h, w = background.shape[:2]
-    unit = min(h, w)
-    shapes = []
-    for i in range(num_shapes):
-        shapes.append(
-            {
-                "center": rng.uniform([0.3 * h, 0.3 * w], [0.7 * h, 0.7 * w]),
-                "amp": rng.uniform(0.1, 0.25, size=2) * unit,
-                "period": rng.uniform(30, 50, size=2) / speed,  # in frames
-                "phase": rng.uniform(0, 2 * np.pi, size=2),
-                "size": rng.uniform(0.05, 0.08) * unit,
-                "color": _SHAPE_COLORS[i % len(_SHAPE_COLORS)],
-                "circle": i % 2 == 0,
-            }
-        )
-    frames = np.empty((num_frames, h, w, 3), dtype=np.float32)
-    for t in range(num_frames):
-        frame = background.copy()
-        for s in shapes:
-            cy, cx = s["center"] + s["amp"] * np.sin(2 * np.pi * t / s["period"] + s["phase"])
-            draw = _draw_circle if s["circle"] else _draw_rect
-            draw(frame, cy, cx, s["size"], s["color"])
-        frames[t] = frame
-    return frames
+def _shape_paths(rng: np.random.Generator, height: int, width: int, num_shapes: int, speed: float) -> list[dict]:
+    """Shapes on smooth Lissajous paths; ``speed`` scales the angular rate."""
+    unit = min(height, width)
+    return [
+        {
+            "center": rng.uniform([0.3 * height, 0.3 * width], [0.7 * height, 0.7 * width]),
+            "amp": rng.uniform(0.1, 0.25, size=2) * unit,
+            "period": rng.uniform(30, 50, size=2) / speed,  # in frames
+            "phase": rng.uniform(0, 2 * np.pi, size=2),
+            "size": rng.uniform(0.05, 0.08) * unit,
+            "color": _SHAPE_COLORS[i % len(_SHAPE_COLORS)],
+            "circle": i % 2 == 0,
+        }
+        for i in range(num_shapes)
+    ]
+
+
+def _shapes_frame(background: np.ndarray, shapes: list[dict], t: int) -> np.ndarray:
+    frame = background.copy()
+    for s in shapes:
+        cy, cx = s["center"] + s["amp"] * np.sin(2 * np.pi * t / s["period"] + s["phase"])
+        draw = _draw_circle if s["circle"] else _draw_rect
+        draw(frame, cy, cx, s["size"], s["color"])
+    return frame
 
 
 def _pan_step(width: int) -> int:
@@ -107,48 +105,60 @@ def _pan_step(width: int) -> int:
     return max(1, width // 128)
 
 
-def make_frames(kind: str, num_frames: int, width: int, height: int, seed: int = 0) -> np.ndarray:
-    """Frames of one synthetic clip, ``uint8 [num_frames, height, width, 3]`` (RGB), fully determined by the args."""
+def iter_frames(kind: str, num_frames: int, width: int, height: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """The frames of :func:`make_frames`, one ``uint8 [height, width, 3]`` array at a time (long, large clips
+    without holding them in memory). Every random draw happens before the first frame."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     rng = np.random.default_rng([seed, KINDS.index(kind)])  # a separate stream per kind
     unit = min(height, width)
     if kind == "moving_objects":
-        frames = _moving_shapes(_scene(rng, height, width, unit), rng, num_frames, num_shapes=3, speed=1.0)
+        background = _scene(rng, height, width, unit)
+        shapes = _shape_paths(rng, height, width, num_shapes=3, speed=1.0)
+        frames = (_shapes_frame(background, shapes, t) for t in range(num_frames))
     elif kind == "slow_pan":
         step = _pan_step(width)
         scene = _scene(rng, height, width + step * (num_frames - 1), unit)
-        frames = np.stack([scene[:, t * step : t * step + width] for t in range(num_frames)])
+        frames = (scene[:, t * step : t * step + width] for t in range(num_frames))
     elif kind == "scene_cut":
         cut = num_frames // 2
-        first = _moving_shapes(_scene(rng, height, width, unit), rng, cut, num_shapes=1, speed=0.5)
-        second = _moving_shapes(
-            _scene(rng, height, width, unit), rng, num_frames - cut, num_shapes=1, speed=0.5
-        )
-        frames = np.concatenate([first, second])
+        first = (_scene(rng, height, width, unit), _shape_paths(rng, height, width, num_shapes=1, speed=0.5))
+        second = (_scene(rng, height, width, unit), _shape_paths(rng, height, width, num_shapes=1, speed=0.5))
+        frames = (_shapes_frame(*first, t) if t < cut else _shapes_frame(*second, t - cut) for t in range(num_frames))
     else:  # near_static
         scene = np.round(_scene(rng, height, width, unit))  # quantise first: the flicker adds whole levels
         flicker = rng.integers(0, 2, size=num_frames).astype(np.float32)  # +0 or +1 grey level
         y, x0 = rng.uniform(0.2 * height, 0.8 * height), rng.uniform(0.2 * width, 0.5 * width)
-        frames = np.empty((num_frames, height, width, 3), dtype=np.float32)
-        for t in range(num_frames):
-            frames[t] = np.clip(scene + flicker[t], 0, 255)
-            _draw_circle(frames[t], y, (x0 + t) % width, 1.5, _SHAPE_COLORS[3])
-    return np.round(frames).astype(np.uint8)
+        frames = (_dot_frame(scene, flicker[t], y, (x0 + t) % width) for t in range(num_frames))
+    return (np.round(f).astype(np.uint8) for f in frames)
 
 
-def write_mp4(frames: np.ndarray, path: str | Path, fps: float) -> Path:
-    """Encode RGB ``uint8 [T, H, W, 3]`` frames as an MPEG-4 Part 2 (``mp4v``) file, as vLLM's benchmarks do."""
+def _dot_frame(scene: np.ndarray, flicker: float, y: float, x: float) -> np.ndarray:
+    frame = np.clip(scene + flicker, 0, 255)
+    _draw_circle(frame, y, x, 1.5, _SHAPE_COLORS[3])
+    return frame
+
+
+def make_frames(kind: str, num_frames: int, width: int, height: int, seed: int = 0) -> np.ndarray:
+    """Frames of one synthetic clip, ``uint8 [num_frames, height, width, 3]`` (RGB), fully determined by the args."""
+    return np.stack(list(iter_frames(kind, num_frames, width, height, seed)))
+
+
+def write_mp4(frames: np.ndarray | Iterable[np.ndarray], path: str | Path, fps: float) -> Path:
+    """Encode RGB ``uint8 [T, H, W, 3]`` frames (an array, or an iterable of ``[H, W, 3]`` frames) as an
+    MPEG-4 Part 2 (``mp4v``) file, as vLLM's benchmarks do."""
     import cv2
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = frames.shape[1:3]
+    frames = iter(frames)
+    first = next(frames)
+    height, width = first.shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write mp4v video to {path}")
     try:
-        for frame in frames:
+        for frame in itertools.chain([first], frames):
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     finally:
         writer.release()

@@ -61,8 +61,8 @@ class CacherConfig:
         ``recompute_ratio`` (what the lower-cost request policy compares)."""
         if not self.active:
             return 1.0
-        k = self.refresh_interval
-        return (1 + (k - 1) * self.recompute_ratio) / k
+        # = (1 + (k - 1) * ratio) / k; int / int division, so a huge interval from a client cannot overflow
+        return self.recompute_ratio + (1 - self.recompute_ratio) * (1 / self.refresh_interval)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> CacherConfig:

@@ -38,6 +38,7 @@ class EncodeStats:
     tokens_computed: int = 0  # patch tokens of the slices the tower computed (selective ones at full count)
     references_recomputed: int = 0  # cached references recomputed because a dependant missed
     tower_calls: int = 0
+    slice_cache_bytes: int = 0  # the slice cache's size after the call
     timer: StageTimer | None = field(default=None, repr=False)  # the tower call's, when there was one
 
     @classmethod
@@ -143,6 +144,7 @@ class VideoEncoder:
             if s.key is not None:
                 a = out_start[i]
                 self.cache.put(s.key, out[a : a + s.patches // self.merge_unit])
+        stats.slice_cache_bytes = self.cache.bytes_used
         return self._assemble(plan, hits, out, out_start), stats
 
     def _tower(self, plan: EncodePlan, pixel_values: torch.Tensor, computed: list[int],
