@@ -70,10 +70,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="another plugin configuration for both sweeps: METHOD@RETENTION or NAME=JSON (a full "
                         "per-request vtprune override, e.g. 'vcast+cacher={\"method\": \"vcast\", \"retention\": "
                         "0.25, \"cacher\": {...}, \"slice_cache\": false}'); repeatable")
-    p.add_argument("--plugin-args", default="--plugin vtprune --vtprune-method none --vtprune-slice-cache-mb 256",
-                   help="plugin server flags; settings are chosen per request, so keep the method `none`; the "
-                        "slice-cache budget serves the streaming benchmark (the serving sweep turns it off per "
-                        "request)")
+    p.add_argument("--plugin-args", default="--plugin vtprune --vtprune-method none --vtprune-slice-cache-mb 256 "
+                                            "--vtprune-request-overrides any",
+                   help="plugin server flags; settings are chosen per request (which needs "
+                        "`--vtprune-request-overrides any`), so keep the method `none`; the slice-cache budget serves "
+                        "the streaming benchmark (the serving sweep turns it off per request)")
     p.add_argument("--server-args", default="",
                    help="extra flags for every server, e.g. '--gpu-memory-utilization 0.9'")
     p.add_argument("--stream-mode", choices=("grow", "chunks"), default="grow")

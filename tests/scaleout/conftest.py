@@ -28,7 +28,8 @@ from vllm_vtprune.serve.routing import REPLICA_HEADER
 from vllm_vtprune.testing.server import CPU_ENV, TINY_ARGS, VllmServer, free_port
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts"
-PLUGIN_ARGS = ("--plugin", "vtprune", "--vtprune-preset", "vcast", "--enable-prompt-tokens-details")
+PLUGIN_ARGS = ("--plugin", "vtprune", "--vtprune-preset", "vcast", "--enable-prompt-tokens-details",
+               "--vtprune-request-overrides", "any")  # the tests pick methods per request
 
 
 def slice_cache_args() -> tuple[str, ...]:
