@@ -10,7 +10,7 @@ STAMP := $(VENV)/.vtprune-setup-$(BACKEND)
 # The machines' pip config points at local file indexes that lack most packages; hide that noise only.
 PIP_NOISE := '^WARNING: Location .* is ignored'
 
-.PHONY: setup demo test bench gpu-check clean
+.PHONY: setup demo test test-fast bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# Everything but the tests that start vLLM engines or servers (marker `server`): a few minutes.
+test-fast: setup
+	$(PY) -m pytest -m "not server"
 
 bench: setup
 	$(PY) -m benchmarks.serving

@@ -8,6 +8,18 @@ import pytest
 import torch
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / ".artifacts"
+TESTS = Path(__file__).resolve().parent
+# Tests that start vLLM engines or servers (a minute or more each) are marked ``server``; ``make test-fast``
+# (``pytest -m "not server"``) runs the rest in a few minutes.
+ENGINE_TESTS = ("serving/", "scaleout/", "accuracy/test_accuracy_serving.py", "benchmarks/test_smoke.py",
+                "adapter/test_runner_positions.py", "testing/test_tiny_qwen3vl_vllm.py",
+                "testing/test_tiny_family_vllm.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.relative_to(TESTS).as_posix().startswith(ENGINE_TESTS):
+            item.add_marker(pytest.mark.server)
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,6 @@ import pytest
 
 from benchmarks.serving.cli import main
 
-pytestmark = pytest.mark.server
-
 SMOKE_ARGS = [
     "--model", "tiny", "--methods", "vcast", "--retentions", "0.5", "--sweep-retention", "0.5",
     "--concurrency", "1,2", "--repeats", "1", "--videos", "8x128x128,4x160x96", "--output-len", "4",

@@ -32,16 +32,6 @@ PLUGIN_ARGS = ("--plugin", "vtprune", "--vtprune-preset", "vcast", "--enable-pro
                "--vtprune-request-overrides", "any")  # the tests pick methods per request
 
 
-def slice_cache_args() -> tuple[str, ...]:
-    """A per-worker slice-cache budget for the replicas, once the plugin has the option."""
-    from dataclasses import fields
-
-    from vllm_vtprune.settings import VtpruneSettings
-
-    has_cache = "slice_cache_mb" in {f.name for f in fields(VtpruneSettings)}
-    return ("--vtprune-slice-cache-mb", "64") if has_cache else ()
-
-
 # Without an explicit binding, two CPU workers on this machine fail: "Not enough allowed NUMA nodes to bind
 # threads of 2 local CPUWorkers". One core per rank.
 TP2_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0|1", "OMP_NUM_THREADS": "1", "VLLM_LOGGING_LEVEL": "DEBUG"}
@@ -159,7 +149,7 @@ def ray_serve_app(tiny_model) -> Iterator[RayServeApp]:
         MARKER: marker.split("=", 1)[1],
     })
     command = [sys.executable, "-m", "vllm_vtprune.serve", tiny_model, "--replicas", "2", "--port", str(port),
-               "--", *PLUGIN_ARGS, *slice_cache_args(), *TINY_ARGS]
+               "--", *PLUGIN_ARGS, "--vtprune-slice-cache-mb", "64", *TINY_ARGS]
     log_path = ARTIFACTS / "ray-serve.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

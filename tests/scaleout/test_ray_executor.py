@@ -31,7 +31,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **CPU_ENV, **extra}
 
 
-@pytest.mark.server
 def test_ray_executor_is_refused_on_cpu_with_vllms_own_error(tiny_model, isolated_ray):
     """Blocked upstream: vLLM 0.32.0's CPU platform has no ``ray_device_key``. Runs on GPU machines only."""
     out = run_serve_expecting_failure(tiny_model, ["--plugin", "vtprune", "--distributed-executor-backend", "ray",

@@ -18,8 +18,6 @@ from transformers import AutoConfig
 from vllm_vtprune.core import PruneConfig, total_budget
 from vllm_vtprune.testing.chat import VideoChat, output_tokens
 
-pytestmark = pytest.mark.server
-
 ACTIVE = re.compile(r"^\(([\w-]+) pid=(\d+)\).*vtprune active in process (\S+) \(pid (\d+)\)")
 DIGEST = re.compile(r"^\(([\w-]+) pid=(\d+)\).*vtprune: rank (\d+), .*selection digest ([0-9a-f]+)")
 CONFIGS = [{"method": "vcast", "retention": 0.25}, {"method": "stc", "retention": 0.3},

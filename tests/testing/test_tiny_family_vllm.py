@@ -19,8 +19,6 @@ from vllm_vtprune.testing.chat import VideoChat, output_tokens
 from vllm_vtprune.testing.server import TINY_ARGS, VllmServer
 from vllm_vtprune.testing.tiny_qwen3vl import ARCHITECTURES, DEFAULT_ARCH
 
-pytestmark = pytest.mark.server
-
 FAMILY_ARCHS = tuple(arch for arch in ARCHITECTURES if arch != DEFAULT_ARCH)
 LOGS = Path(__file__).resolve().parents[2] / ".artifacts"
 VANILLA = {"VLLM_PLUGINS": ""}  # no plugin loaded at all

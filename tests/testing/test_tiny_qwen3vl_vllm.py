@@ -71,7 +71,9 @@ def test_vllm_serves_tiny_model_with_video(tiny_checkpoint: Path, tmp_path: Path
     proc = subprocess.run(
         [sys.executable, str(script), args], env=env, capture_output=True, text=True, timeout=300, check=False
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    # The engine's root cause comes first in stderr, the client's re-raise last: keep both.
+    first = proc.stderr.find("Traceback")
+    assert proc.returncode == 0, proc.stderr[max(first, 0) : max(first, 0) + 6000] + "\n...\n" + proc.stderr[-2000:]
     result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
     assert result["prompt_ids"] == expected
