@@ -10,17 +10,16 @@ and turning it on for one would drop vLLM's in-memory API-server metrics from ``
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, values
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from vllm_vtprune.bounded import BoundedLRU
+from vllm_vtprune.patches.prometheus_values import file_backed_values
 from vllm_vtprune.vision.estimate import SavedSecondsEstimate
 
 METRICS_DIR_ENV = "VLLM_VTPRUNE_METRICS_DIR"
@@ -66,29 +65,12 @@ class ApiServerMetrics:
                 self.tokens_kept.labels(account.method).inc(account.kept)
 
 
-@contextlib.contextmanager
-def _file_backed_values(directory: str) -> Iterator[None]:
-    """Create metrics whose values live in ``directory`` (prometheus_client picks the value class at import,
-    long before a plugin runs, so it is chosen here explicitly for our metrics only)."""
-    saved_class, saved_env = values.ValueClass, os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    values.ValueClass = values.MultiProcessValue()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    try:
-        yield
-    finally:
-        values.ValueClass = saved_class
-        if saved_env is None:
-            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
-        else:
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = saved_env
-
-
 class WorkerMetrics:
     """Histograms a worker observes; None of them exist when no API server collects them."""
 
     def __init__(self, directory: str) -> None:
         self.saved_seconds = SavedSecondsEstimate()
-        with _file_backed_values(directory):
+        with file_backed_values(directory):
             self.tower_seconds = Histogram("vtprune:vision_tower_seconds", "Vision-tower time per encoder batch.",
                                            buckets=_TIME_BUCKETS, registry=None)
             self.selection_seconds = Histogram("vtprune:selection_seconds", "Token-selection time per encoder batch.",

@@ -130,7 +130,6 @@ def isolated_ray(monkeypatch) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def ray_serve_app(tiny_model) -> Iterator[RayServeApp]:
-    pytest.importorskip("ray.serve")
     ARTIFACTS.mkdir(exist_ok=True)
     marker = f"{MARKER}={uuid.uuid4().hex}"
     port = free_port()

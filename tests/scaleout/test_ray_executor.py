@@ -19,8 +19,6 @@ import pytest
 from vllm_vtprune.settings import VtpruneSettings
 from vllm_vtprune.testing.server import CPU_ENV, TINY_ARGS, run_serve_expecting_failure
 
-pytest.importorskip("ray")
-
 OUR_CLASS = "vllm_vtprune.model:VtpruneQwen3VLForConditionalGeneration"
 # The plugin's per-server variables: the process under test must start without them, as a user's would.
 PLUGIN_ENV = ("VLLM_VTPRUNE_CONFIG", "VLLM_VTPRUNE_METRICS_DIR")

@@ -1,4 +1,4 @@
-"""Every change the plugin makes to vLLM at run time, one module each, applied from one place.
+"""Every change the plugin makes to vLLM (and its libraries) at run time, one module each, applied from one place.
 
 - ``engine_args_cli`` wraps ``EngineArgs.add_cli_args``/``from_cli_args``/``create_engine_config``: the
   ``--plugin vtprune`` and ``--vtprune-*`` flags, activation from ``additional_config``, and vLLM's
@@ -13,6 +13,10 @@
   hook the plugin places positions through. Remove when vLLM's CPU runner sets the flag.
 - ``mrope_cache_size`` replaces ``qwen3_vl.mrope_positions_factor``: keeps the rotary cache at 1x (vLLM sizes it
   4x when pruning is on). Remove when vLLM sizes it by the positions a request can reach.
+
+- ``prometheus_values`` swaps prometheus_client's value class around the creation of the plugin's worker metrics
+  only (a context manager that :mod:`vllm_vtprune.metrics` uses; not applied globally). Remove when
+  prometheus_client lets a metric choose its value class.
 
 ``engine_args_cli`` is applied by :func:`vllm_vtprune.plugin.register` in every process, because the flags must
 exist even where the plugin stays dormant; the others by :func:`apply_active`, once per process, when the plugin
