@@ -105,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("VLLM_PLUGINS", "")
     import torch
 
     if args.threads > 0:
@@ -182,4 +181,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("VLLM_PLUGINS", "")  # the standalone tower needs no plugin
     sys.exit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,23 @@ TESTS = Path(__file__).resolve().parent
 ENGINE_TESTS = ("serving/", "scaleout/", "accuracy/test_accuracy_serving.py", "benchmarks/test_smoke.py",
                 "adapter/test_runner_positions.py", "testing/test_tiny_qwen3vl_vllm.py",
                 "testing/test_tiny_family_vllm.py")
+
+
+def _server_env() -> dict[str, str]:
+    """The variables that decide whether and how a server started later loads the plugin."""
+    return {k: v for k, v in os.environ.items()
+            if k in ("VLLM_PLUGINS", "PROMETHEUS_MULTIPROC_DIR") or k.startswith("VLLM_VTPRUNE")}
+
+
+@pytest.fixture(autouse=True)
+def no_environment_leaks():
+    """A test that changes ``os.environ`` for good changes every server started after it (a leaked
+    ``VLLM_PLUGINS=""`` once turned the plugin off for the rest of a run): fail the test that does it."""
+    before = _server_env()
+    yield
+    after = _server_env()
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert not changed, f"this test left environment variables changed: {sorted(changed)}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
