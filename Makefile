@@ -10,7 +10,7 @@ STAMP := $(VENV)/.vtprune-setup-$(BACKEND)
 # The machines' pip config points at local file indexes that lack most packages; hide that noise only.
 PIP_NOISE := '^WARNING: Location .* is ignored'
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-accuracy train-tiny clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,13 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks.serving
+
+bench-accuracy: setup
+	$(PY) -m benchmarks.accuracy
+
+# Retrain the committed models/tiny-videoqa checkpoint (CPU, seeded; see vllm_vtprune/testing/train_tiny.py).
+train-tiny: setup
+	$(PY) -m vllm_vtprune.testing.train_tiny
 
 clean:
 	rm -rf $(VENV) .artifacts
