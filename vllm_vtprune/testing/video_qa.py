@@ -10,7 +10,7 @@ method can lose:
   the last slices);
 - ``flash``: the colour of an object visible in only one or two temporal slices (a brief event);
 - ``motion``: which way a blue circle moves (left/right/up/down);
-- ``count``: how many squares there are (1-4, identical colour: near-duplicate tokens).
+- ``count``: how many squares there are (1-4 identical squares, one per token cell: near-duplicate tokens).
 
 Clips vary in length (12, 16, 24 frames at 4 fps: 3, 4, 6 temporal slices after Qwen3-VL's 2-fps sampling;
 a temporal slice is 2 consecutive sampled frames), resolution (12-24 LLM tokens per slice) and background
@@ -47,6 +47,7 @@ MANIFEST = "qa.jsonl"
 # Qwen3-VL's frame sampler (vLLM's Qwen3VLVideoBackend and HF's Qwen3VLVideoProcessor.sample_frames):
 # int(frames / fps * 2) frames, at least 4, evenly spaced with rounding; 2 sampled frames form a slice.
 SAMPLE_FPS, MIN_SAMPLED_FRAMES, FRAMES_PER_SLICE = 2.0, 4, 2
+TOKEN_PX = 32  # one LLM video token covers 32 x 32 px (16-px patches, 2 x 2 merge); no clip here is resized
 
 COLOR_NAMES = ("red", "green", "blue", "yellow")  # the colours of videos._SHAPE_COLORS, in order
 _WHITE = np.array([235, 235, 235], dtype=np.float32)
@@ -196,10 +197,15 @@ def _motion(rng, num_frames, height, width, half, slices):
 
 
 def _count(rng, num_frames, height, width, half, slices):
+    # Each square sits centred in its own LLM token cell, so identical objects make near-identical tokens:
+    # exactly what similarity-based pruning merges, and what a count cannot afford to lose.
     count = int(rng.integers(1, 5))
     color = _SHAPE_COLORS[int(rng.integers(4))]
-    sprites = [_static(c, num_frames, circle=False, color=color, half=half)
-               for c in _place(rng, count, height, width, half)]
+    columns = width // TOKEN_PX
+    cells = rng.choice((height // TOKEN_PX) * columns, size=count, replace=False)
+    centers = [((c // columns + 0.5) * TOKEN_PX, (c % columns + 0.5) * TOKEN_PX) for c in cells]
+    half = min(half, 0.375 * TOKEN_PX)  # 8 px or more between squares in neighbouring cells
+    sprites = [_static(c, num_frames, circle=False, color=color, half=half) for c in centers]
     return sprites, count - 1, {"count": count}
 
 
