@@ -73,11 +73,15 @@ def served_model(url: str) -> str:
 
 
 def _questions(args: argparse.Namespace) -> tuple[list[dataset.Question], str, Path]:
+    """The questions, a description of their source, and the folder holding every local video (the started
+    servers' ``--allowed-local-media-path``)."""
     if args.dataset is None:
         return dataset.builtin(args.media_dir, args.count), f"built-in synthetic test split, first {args.count}", \
             args.media_dir
     questions = dataset.load_file(args.dataset)[: args.limit]
-    return questions, str(args.dataset), args.dataset.resolve().parent
+    local = [q.video for q in questions if "://" not in q.video and not q.video.startswith("data:")]
+    root = Path(os.path.commonpath(local)) if local else args.dataset.resolve().parent
+    return questions, str(args.dataset), root if root.is_dir() else root.parent
 
 
 def write_outputs(result: dict[str, Any], out: Path, publish: bool) -> None:
