@@ -10,7 +10,7 @@ STAMP := $(VENV)/.vtprune-setup-$(BACKEND)
 # The machines' pip config points at local file indexes that lack most packages; hide that noise only.
 PIP_NOISE := '^WARNING: Location .* is ignored'
 
-.PHONY: setup demo test test-fast bench gpu-check clean
+.PHONY: setup demo test test-fast bench bench-accuracy train-tiny gpu-check clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,13 @@ bench: setup
 
 gpu-check: setup
 	$(PY) -m vllm_vtprune.testing.gpu_check
+
+bench-accuracy: setup
+	$(PY) -m benchmarks.accuracy
+
+# Retrain the committed models/tiny-videoqa checkpoint (CPU, seeded; see vllm_vtprune/testing/train_tiny.py).
+train-tiny: setup
+	$(PY) -m vllm_vtprune.testing.train_tiny
 
 clean:
 	rm -rf $(VENV) .artifacts

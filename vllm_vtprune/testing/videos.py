@@ -32,8 +32,12 @@ KINDS = ("moving_objects", "slow_pan", "scene_cut", "near_static")
 _SHAPE_COLORS = np.array([[230, 40, 40], [40, 200, 60], [50, 80, 235], [245, 220, 40]], dtype=np.float32)
 
 
-def _scene(rng: np.random.Generator, height: int, width: int, unit: int) -> np.ndarray:
-    """A smooth textured RGB scene (float32, 0..255); ``unit`` px is the texture's reference scale."""
+def _scene(rng: np.random.Generator, height: int, width: int, unit: int, num_shapes: int = 4) -> np.ndarray:
+    """A smooth textured RGB scene (float32, 0..255); ``unit`` px is the texture's reference scale.
+
+    ``num_shapes`` flat static shapes give the background edges and corners (0 for a scene whose only
+    objects are the ones a caller draws, e.g. the QA clips).
+    """
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) / unit
     # Diagonal gradient between two random colours.
     c0, c1 = rng.uniform(40, 215, size=(2, 3)).astype(np.float32)
@@ -45,8 +49,7 @@ def _scene(rng: np.random.Generator, height: int, width: int, unit: int) -> np.n
         angle, phase = rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
         wave = np.sin(2 * np.pi * freq * (xx * np.cos(angle) + yy * np.sin(angle)) + phase)
         img += wave[..., None] * rng.uniform(-18, 18, size=3).astype(np.float32)
-    # A few flat static shapes give the background edges and corners.
-    for _ in range(4):
+    for _ in range(num_shapes):
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)
         size = rng.uniform(0.06, 0.15) * unit
         color = rng.uniform(0, 255, size=3).astype(np.float32)

@@ -1,0 +1,47 @@
+"""One vanilla and one plugin ``vllm serve`` of the committed trained tiny Qwen3-VL, shared by the module's
+tests; the plugin's settings are chosen per request. ``benchmarks/`` is not an installed package, so the
+repository root goes on ``sys.path`` (as in ``tests/benchmarks``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.serving.servers import common_args, server_specs, side_by_side  # noqa: E402
+from vllm_vtprune.testing.train_tiny import DEFAULT_OUT as TRAINED_TINY  # noqa: E402
+
+ARTIFACTS = ROOT / ".artifacts"
+
+
+@pytest.fixture(scope="session")
+def videoqa_model() -> Path:
+    if not (TRAINED_TINY / "model.safetensors").is_file():
+        pytest.fail(f"{TRAINED_TINY} is missing: it is committed; `make train-tiny` rebuilds it")
+    return TRAINED_TINY
+
+
+@pytest.fixture(scope="session")
+def videoqa_metrics(videoqa_model) -> dict:
+    return json.loads((videoqa_model / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def qa_media() -> Path:
+    return ARTIFACTS / "accuracy-tests" / "media"
+
+
+@pytest.fixture(scope="session")
+def qa_servers(videoqa_model, qa_media) -> Iterator[dict[str, str]]:
+    """``{"vanilla": url, "plugin": url}``, started side by side as the accuracy harness starts them."""
+    qa_media.mkdir(parents=True, exist_ok=True)
+    specs = server_specs(common_args(True, 1, qa_media, []), ["--plugin", "vtprune", "--vtprune-method", "none"])
+    with side_by_side(str(videoqa_model), specs, ARTIFACTS / "accuracy-tests" / "logs") as servers:
+        yield {name: server.url for name, server in servers.items()}
