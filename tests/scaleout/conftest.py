@@ -38,7 +38,7 @@ TP2_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0|1", "OMP_NUM_THREADS": "1", "VLLM_LOG
 MARKER = "VTPRUNE_SCALEOUT_RUN"  # environment marker of every process a Ray Serve fixture starts
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # stopped when its module is done: no idle engines under later tests
 def tp2_server(tiny_model) -> Iterator[VllmServer]:
     ARTIFACTS.mkdir(exist_ok=True)
     with VllmServer(tiny_model, [*PLUGIN_ARGS, "--tensor-parallel-size", "2", *TINY_ARGS], env=TP2_ENV,
@@ -128,7 +128,7 @@ def isolated_ray(monkeypatch) -> Iterator[str]:
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_serve_app(tiny_model) -> Iterator[RayServeApp]:
     ARTIFACTS.mkdir(exist_ok=True)
     marker = f"{MARKER}={uuid.uuid4().hex}"

@@ -80,7 +80,9 @@ class _Servers:
             stack.close()
 
 
-@pytest.fixture(scope="session")
+# Package scope (this folder is a package for it): the servers stop when the serving tests are done, so the
+# engines started after them (offline LLMs, towers) do not compete with idle servers for memory.
+@pytest.fixture(scope="package")
 def servers(tiny_model) -> Iterator[_Servers]:
     running = _Servers(tiny_model)
     yield running
@@ -102,7 +104,7 @@ def chunked_server(servers, arch) -> VllmServer:
     return servers.get(arch, "chunked")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dormant_server(tiny_model) -> Iterator[VllmServer]:
     """The plugin installed and loaded, but not enabled."""
     with _serve(tiny_model, "dormant", []) as server:

@@ -22,6 +22,7 @@ from transformers import AutoConfig
 from vllm_vtprune.core import PruneConfig, available_methods
 from vllm_vtprune.settings import MAX_STREAM_ID_CHARS, SERVER_ONLY, preset_names
 from vllm_vtprune.testing.hostile import NOT_SET, RawChat, long_clip, metric, odd_media
+from vllm_vtprune.testing.tiny_qwen3vl import DEFAULT_ARCH
 from vllm_vtprune.testing.videos import make_frames, mp4_data_url, write_mp4
 
 HUGE = 10**400  # any JSON integer reaches the server as a Python int
@@ -136,8 +137,9 @@ class Guard:
 
 
 @pytest.fixture(scope="module")
-def raw(plugin_server, tiny_model):
-    client = RawChat(plugin_server.url, tiny_model)
+def raw(servers, tiny_model):
+    """A client of the dense model's plugin server, for the whole module (the server outlives it)."""
+    client = RawChat(servers.get(DEFAULT_ARCH, "plugin").url, tiny_model)
     yield client
     client.close()
 
@@ -396,13 +398,13 @@ def test_aborted_requests_leave_nothing_behind(raw, guard, clip, tmp_path_factor
 
 
 def test_lower_cost_policy_against_hostile_values(chunked_server, tiny_model, clip, slice_tokens):
-    """The default policy (``chunked_server``: V-CAST at R = 0.25): what keeps more tokens or costs more is
+    """The default policy (``chunked_server``: V-CAST at R = 0.6): what keeps more tokens or costs more is
     refused naming the policy, values that lower the cost are served, bad values are refused as anywhere."""
     raw = RawChat(chunked_server.url, tiny_model)
     guard = Guard(raw, clip)
     policy = "lower-cost"
     cases = [
-        ({"method": "none"}, 400, policy), ({"retention": 0.5}, 400, policy),
+        ({"method": "none"}, 400, policy), ({"retention": 0.8}, 400, policy),
         ({"retention": 1}, 400, policy), ({"min_tokens_per_slice": slice_tokens}, 400, policy),
         ({"method": "mssavt", "retention": 0.1, "options": {"mask": "greedy"}}, 400, "mask='greedy'"),
         ({"slice_cache": False}, 400, "slice_cache=false"), ({"request_overrides": "any"}, 400, "server setting"),
