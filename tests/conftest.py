@@ -14,7 +14,7 @@ TESTS = Path(__file__).resolve().parent
 # (``pytest -m "not server"``) runs the rest in a few minutes.
 ENGINE_TESTS = ("serving/", "scaleout/", "accuracy/test_accuracy_serving.py", "benchmarks/test_smoke.py",
                 "adapter/test_runner_positions.py", "testing/test_tiny_qwen3vl_vllm.py",
-                "testing/test_tiny_family_vllm.py")
+                "testing/test_tiny_family_vllm.py", "testing/test_demo.py")
 
 
 def _server_env() -> dict[str, str]:

@@ -32,7 +32,10 @@ def main() -> None:
 
     model = str(build_tiny_qwen3vl(ARTIFACTS / "tiny"))
     video = video_suite(ARTIFACTS / "videos")[args.video]
-    command = ["--plugin", "vtprune", "--vtprune-preset", args.preset, *TINY_ARGS]
+    # The demo asks the same server for the unpruned prompt too, a request that raises its cost, which the
+    # default policy (lower-cost) refuses: this server lets requests change anything.
+    command = ["--plugin", "vtprune", "--vtprune-preset", args.preset, "--vtprune-request-overrides", "any",
+               *TINY_ARGS]
     print(f"$ vllm serve {model} {' '.join(command)}")
     started = time.monotonic()
     with VllmServer(model, command, log_path=ARTIFACTS / "demo-server.log") as server:
