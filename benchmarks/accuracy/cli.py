@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vanilla-server", default=None, help="URL of a running vanilla vLLM (not started here)")
     p.add_argument("--plugin-server", default=None, help="URL of a running `vllm serve ... --plugin vtprune`")
     p.add_argument("--no-vanilla", action="store_true", help="skip vanilla (no ratios, no identity check)")
-    p.add_argument("--plugin-args", default="--plugin vtprune --vtprune-method none",
+    p.add_argument("--plugin-args", default="--plugin vtprune --vtprune-method none --vtprune-request-overrides any",
                    help="plugin server flags; settings are chosen per request, so keep the method `none`")
     p.add_argument("--server-args", default="", help="extra flags for every server started here")
     p.add_argument("--out", type=Path, default=None, help="output dir (default .artifacts/accuracy/<timestamp>)")

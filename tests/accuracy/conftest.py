@@ -42,6 +42,7 @@ def qa_media() -> Path:
 def qa_servers(videoqa_model, qa_media) -> Iterator[dict[str, str]]:
     """``{"vanilla": url, "plugin": url}``, started side by side as the accuracy harness starts them."""
     qa_media.mkdir(parents=True, exist_ok=True)
-    specs = server_specs(common_args(True, 1, qa_media, []), ["--plugin", "vtprune", "--vtprune-method", "none"])
+    specs = server_specs(common_args(True, 1, qa_media, []), ["--plugin", "vtprune", "--vtprune-method", "none",
+                                                                  "--vtprune-request-overrides", "any"])
     with side_by_side(str(videoqa_model), specs, ARTIFACTS / "accuracy-tests" / "logs") as servers:
         yield {name: server.url for name, server in servers.items()}
