@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "benchmarks/accuracy/dataset.py); default: the built-in synthetic test split")
     p.add_argument("--count", type=int, default=250, help="built-in questions (5 task families, balanced)")
     p.add_argument("--limit", type=int, default=None, help="ask only the first N questions of --dataset")
-    p.add_argument("--methods", default="none,evs,vcast,stc,mssavt")
+    p.add_argument("--methods", default="none,evs,vcast,stc,mssavt,novelty,dedup",
+                   help="methods after the tower, and before it (novelty, dedup: the tower runs on kept tokens)")
     p.add_argument("--retentions", default="0.5,0.25,0.15")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight per server")
     p.add_argument("--max-tokens", type=int, default=None,

@@ -15,6 +15,7 @@ from typing import Any
 from openai import AsyncOpenAI
 from tqdm import tqdm
 
+from vllm_vtprune.core import available_methods
 from vllm_vtprune.testing.videos import mp4_data_url
 
 from .dataset import Question, parse_letter
@@ -22,7 +23,8 @@ from .dataset import Question, parse_letter
 
 @dataclass(frozen=True)
 class Config:
-    """One column of the results: a server and, on the plugin server, a method and a retention."""
+    """One column of the results: a server and, on the plugin server, a method (before or after the tower) and a
+    retention."""
 
     name: str
     server: str  # "vanilla" or "plugin"
@@ -31,7 +33,11 @@ class Config:
 
     @property
     def vtprune(self) -> dict[str, Any] | None:
-        return None if self.method is None else {"method": self.method, "retention": self.retention}
+        if self.method is None:
+            return None
+        if self.method in available_methods("pre_tower"):  # decided from the pixels; the tower runs on the kept
+            return {"method": "none", "pre_tower": {"method": self.method, "retention": self.retention}}
+        return {"method": self.method, "retention": self.retention}
 
 
 @dataclass

@@ -10,8 +10,8 @@ from transformers import AutoProcessor
 
 from benchmarks.accuracy import dataset
 from benchmarks.accuracy.client import video_url
-from benchmarks.accuracy.suite import PLUGIN, VANILLA, build_configs, measure
 from benchmarks.accuracy.stats import OVERALL
+from benchmarks.accuracy.suite import PLUGIN, VANILLA, build_configs, measure
 from vllm_vtprune.testing import qa_inputs
 from vllm_vtprune.testing.video_qa import FAMILIES
 
@@ -79,3 +79,4 @@ def test_full_retention_answers_exactly_as_vanilla(qa_servers, vanilla_run, ques
         assert a["error"] is None, a
         assert a["reply"] == vanilla[a["question"]]["reply"], a
         assert a["prompt_tokens"] == vanilla[a["question"]]["prompt_tokens"], a
+

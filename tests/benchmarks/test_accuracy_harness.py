@@ -69,6 +69,8 @@ def test_configs_and_vtprune_overrides():
     assert configs[1].vtprune == {"method": "none", "retention": 1.0}
     assert configs[3].vtprune == {"method": "vcast", "retention": 0.25} and configs[3].server == "plugin"
     assert [c.name for c in build_configs(["vcast"], [0.5], vanilla=False)] == ["vcast@0.5"]
+    pre = build_configs(["novelty"], [0.25], vanilla=False)[0]
+    assert pre.vtprune == {"method": "none", "pre_tower": {"method": "novelty", "retention": 0.25}}
 
 
 def test_summary_per_task_ratios_and_disagreements():
