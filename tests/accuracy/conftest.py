@@ -38,7 +38,7 @@ def qa_media() -> Path:
     return ARTIFACTS / "accuracy-tests" / "media"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # stopped with its module: no idle engines under later tests
 def qa_servers(videoqa_model, qa_media) -> Iterator[dict[str, str]]:
     """``{"vanilla": url, "plugin": url}``, started side by side as the accuracy harness starts them."""
     qa_media.mkdir(parents=True, exist_ok=True)
