@@ -28,10 +28,13 @@ def vllm_executable() -> str:
 
 
 class VllmServer:
-    """``with VllmServer(model, args) as server: server.url`` runs ``vllm serve model *args``."""
+    """``with VllmServer(model, args) as server: server.url`` runs ``vllm serve model *args``.
+
+    ``startup_timeout``: a compiled (no ``--enforce-eager``) start takes ~45 s on an idle 2-core machine and passed
+    300 s on one shared with other suites, so the default leaves room for a busy CI machine."""
 
     def __init__(self, model: str | Path, args: Sequence[str] = (), *, env: Mapping[str, str] | None = None,
-                 log_path: str | Path | None = None, startup_timeout: float = 300.0):
+                 log_path: str | Path | None = None, startup_timeout: float = 600.0):
         self.model = str(model)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
