@@ -48,6 +48,12 @@ class ApiServerMetrics:
         self.videos = Counter("vtprune:videos", "Videos whose placeholder the plugin sized.", ["method"])
         self.tokens_unpruned = Counter("vtprune:video_tokens_unpruned", "Video tokens before pruning.", ["method"])
         self.tokens_kept = Counter("vtprune:video_tokens_kept", "Video tokens sent to the LLM.", ["method"])
+        self.processor_seconds = Histogram(
+            "vtprune:api_processor_seconds", "API-server multimodal processing of a request with video "
+            "(vLLM's processor: resizing, hashing; the plugin's share included; decoding not).", buckets=_TIME_BUCKETS)
+        self.plugin_seconds = Histogram(
+            "vtprune:api_plugin_seconds", "The plugin's share of the API-server processing of a request with "
+            "video: layouts, pre-tower selection, slice keys.", buckets=_TIME_BUCKETS)
         directory = os.environ.get(METRICS_DIR_ENV)
         if directory is None:  # this process starts the workers: it owns the directory they write to
             directory = tempfile.mkdtemp(prefix="vtprune-metrics-")

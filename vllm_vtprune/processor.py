@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails
 
 from vllm_vtprune.core.pixels import PixelNorm
 from vllm_vtprune.core.pretower import select_pretower
+from vllm_vtprune.cpu_threads import one_thread
 from vllm_vtprune.layout import (
     TokenIds,
     VideoLayout,
@@ -96,7 +98,10 @@ class VtpruneQwen3VLProcessor(Qwen3VLMultiModalProcessor):
         return self.info.get_hf_config().vision_config.spatial_merge_size
 
     def apply(self, inputs, timing_ctx):
+        started = time.perf_counter()
         result = super().apply(inputs, timing_ctx)
+        if result["mm_kwargs"].get("video") and not _PROFILING.get():
+            api_server_metrics().processor_seconds.observe(time.perf_counter() - started)
         extra_positions = 0  # how much further the unpruned prompt reaches than this one
         accounts = api_server_metrics().accounts
         for item, mm_hash in zip(result["mm_kwargs"].get("video", []), result["mm_hashes"].get("video", [])):
@@ -139,6 +144,15 @@ class VtpruneQwen3VLProcessor(Qwen3VLMultiModalProcessor):
         processed = super()._apply_hf_processor_main(mm_items, self._without_ours(hf_kwargs))
         if "video_grid_thw" not in processed:
             return processed
+        started = time.perf_counter()
+        with one_thread():
+            processed.update(self._plan_videos(processed, settings))
+        if not _PROFILING.get():
+            api_server_metrics().plugin_seconds.observe(time.perf_counter() - started)
+        return processed
+
+    def _plan_videos(self, processed, settings: VtpruneSettings) -> dict[str, Any]:
+        """The plugin's fields of every video item (and the pixel rows to ship, when a pre-tower stage cuts)."""
         if _PROFILING.get() and settings.prune.pre_tower is not None:
             # vLLM profiles the tower's peak memory with these dummies: run it on every token.
             settings = dataclasses.replace(settings, prune=dataclasses.replace(settings.prune, pre_tower=None))
@@ -170,9 +184,9 @@ class VtpruneQwen3VLProcessor(Qwen3VLMultiModalProcessor):
             out[SOURCE_FIELD].append(source)
             out[ROWS_FIELD].append(torch.tensor([px.shape[0]]))
             shipped.append(px)
-        processed.update(out)
-        processed["pixel_values_videos"] = torch.cat(shipped)
-        return processed
+        if settings.prune.pre_tower is not None:  # otherwise every row ships: no copy of the pixels
+            out["pixel_values_videos"] = torch.cat(shipped)
+        return out
 
     def _pixel_norm(self, pixels: torch.Tensor) -> PixelNorm | None:
         """How the processor normalised the rows a pre-tower method scores (none: vLLM normalises on the

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from .config import PruneConfig
     from .state import StreamState
 
-_BLOCK_LEVELS = 1 << 22  # levels per block of the vectorised change pass (a few MB of int16)
+_BLOCK_LEVELS = 1 << 22  # levels per block of the vectorised change pass (a few MB of uint8)
 
 
 @dataclass(frozen=True)
@@ -69,17 +69,25 @@ def pretower_budget(grid: Grid, cfg: PruneConfig) -> int:
     return max(t * cfg.min_tokens_per_slice, ratio_budget(t * h * w, cfg.retention))
 
 
+def l1_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sum_d |a - b|`` over the last dim of uint8 tensors, exact, as int64.
+
+    ``max - min`` stays in uint8 (no widening copy) and a uint8 -> int64 sum is PyTorch's vectorised default
+    reduction: ~300x faster on a CPU than widening to int16 first (0.1 ms vs 30 ms for 64 groups x 6144 levels),
+    which matters because this runs in the API server for every pre-tower request."""
+    return (torch.maximum(a, b) - torch.minimum(a, b)).sum(-1, dtype=torch.int64)
+
+
 def temporal_change(levels: torch.Tensor) -> torch.Tensor:
     """``c[t, g] = sum_d |x[t, g, d] - x[t-1, g, d]|`` for t >= 1: int64 [T-1, G] from uint8 levels [T, G, D].
 
-    Vectorised over slices in blocks of a few MB (the differences need int16)."""
+    Vectorised over slices in blocks of a few MB."""
     t, g, d = levels.shape
     out = torch.empty(max(0, t - 1), g, dtype=torch.int64, device=levels.device)
     step = max(1, _BLOCK_LEVELS // max(1, g * d))
     for start in range(1, t, step):
         stop = min(start + step, t)
-        diff = levels[start:stop].to(torch.int16) - levels[start - 1 : stop - 1].to(torch.int16)
-        out[start - 1 : stop - 1] = diff.abs_().sum(-1, dtype=torch.int64)
+        out[start - 1 : stop - 1] = l1_distance(levels[start:stop], levels[start - 1 : stop - 1])
     return out
 
 
@@ -124,11 +132,11 @@ def select_novel(
         novelty = torch.cat([torch.full((1, g), never, device=levels.device), change])
         return _top_per_slice(novelty, counts, unique)
     keep = torch.zeros(t, g, dtype=torch.bool, device=levels.device)
-    ref = torch.zeros_like(levels[0], dtype=torch.int16)
+    ref = torch.zeros_like(levels[0])
     seen = torch.zeros(g, dtype=torch.bool, device=levels.device)
     for s in range(t):  # sequential: slice s compares with what slices < s kept
-        current = levels[s].to(torch.int16)
-        distance = (current - ref).abs_().sum(-1, dtype=torch.int64)
+        current = levels[s]
+        distance = l1_distance(current, ref)
         novelty = torch.where(seen, distance, never)
         keep[s] = _top_per_slice(novelty[None], counts[s : s + 1], unique[s : s + 1])[0]
         ref[keep[s]] = current[keep[s]]
