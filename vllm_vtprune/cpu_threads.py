@@ -7,8 +7,9 @@ holds: measured on the 2-core machine while an engine decodes, one 64 x 6144 uin
 2 threads and 0.1 ms on one, and the pre-tower selection of a 32-frame clip ~1 s instead of 10 ms. That time
 is TTFT, and the spinning threads slow the engine too.
 
-``torch.set_num_threads`` sets OpenMP's thread count of the calling thread (its other threads keep theirs), so
-this is scoped to the processor call that asks for it, and restored after.
+``torch.set_num_threads`` is process-wide, so the scope is restored on exit. vLLM runs multimodal processing on
+one single-worker executor (``renderers/base.py``, ``_mm_executor``), so no other processor call runs meanwhile;
+the rest of the API server's work (HTTP, tokenizing, video decoding) does not use PyTorch's thread pool.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 JSON, markdown and PNGs to ``--out`` and (unless ``--no-publish``) the latest copy to ``benchmarks/results/``
 and ``benchmarks/RESULTS.md``.
 
-The defaults are sized for the 2-core CPU development machine (about 15-20 minutes with the scaled random
+The defaults are sized for the 2-core CPU development machine (about 30-40 minutes with the scaled random
 Qwen3-VL); widen them with flags, e.g. on a GPU with a real checkpoint:
 ``python -m benchmarks.serving --model Qwen/Qwen3-VL-8B-Instruct --concurrency 1,2,4,8,16,32
 --videos 64x448x448,32x640x360 --server-args "--gpu-memory-utilization 0.9"``.
@@ -11,6 +11,7 @@ Qwen3-VL); widen them with flags, e.g. on a GPU with a real checkpoint:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -36,7 +37,7 @@ ARTIFACTS = REPO / ".artifacts"
 PUBLISH_DIR = REPO / "benchmarks" / "results"
 RESULTS_MD = REPO / "benchmarks" / "RESULTS.md"
 BUILTIN_MODELS = ("scaled", "tiny")
-STREAM_CONFIGS = ("none", "vcast@0.25", "none+slice-cache", "vcast@0.25+slice-cache")
+STREAM_CONFIGS = ("none", "vcast@0.25", "novelty@0.25", "none+slice-cache", "vcast@0.25+slice-cache")
 
 
 def _floats(text: str) -> list[float]:
@@ -53,10 +54,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="scaled", help="'scaled' or 'tiny' (built-in random Qwen3-VL, built on the "
                    "fly) or any model path / hub id vLLM can serve")
     p.add_argument("--scenario", choices=("serving", "streaming", "all"), default="all")
-    p.add_argument("--methods", default="vcast,stc,mssavt,evs", help="pruning methods (comma-separated)")
+    p.add_argument("--methods", default="vcast,stc,mssavt,evs,novelty",
+                   help="pruning methods (comma-separated); a pre-tower method (novelty, dedup) runs alone before "
+                        "the tower, which then runs on the kept tokens only")
     p.add_argument("--retentions", default="0.5,0.25,0.15", help="retention sweep (at the lowest concurrency); "
                    "the plugin's `none` configuration is every method's retention-1.0 point")
-    p.add_argument("--concurrency", default="1,2,4", help="concurrency sweep (2 CPU cores saturate at 4)")
+    p.add_argument("--concurrency", default="1,2,4,8,16",
+                   help="concurrency sweep (32 fits the 2-core machine too, at ~+60 %% wall time)")
     p.add_argument("--sweep-retention", type=float, default=0.25, help="retention of the concurrency sweep")
     p.add_argument("--videos", default="32x256x256,16x320x192,24x192x192",
                    help="request clips FRAMESxWIDTHxHEIGHT, rotated per request")
@@ -77,16 +81,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "the streaming benchmark (the serving sweep turns it off per request)")
     p.add_argument("--server-args", default="",
                    help="extra flags for every server, e.g. '--gpu-memory-utilization 0.9'")
-    p.add_argument("--stream-mode", choices=("grow", "chunks"), default="grow")
-    p.add_argument("--stream-turns", type=int, default=6)
-    p.add_argument("--stream-seconds", type=float, default=4.0, help="seconds of video between questions")
+    p.add_argument("--stream-mode", default="grow,chunks",
+                   help="client patterns, comma-separated: grow (resend the growing clip), chunks (each turn's new "
+                        "seconds as their own video item); see benchmarks/serving/streaming.py")
+    p.add_argument("--stream-turns", type=int, default=10)
+    p.add_argument("--stream-seconds", type=float, default=6.0, help="seconds of video between questions")
     p.add_argument("--stream-size", default="256x256")
     p.add_argument("--stream-sessions", type=int, default=2)
     p.add_argument("--stream-output-len", type=int, default=16)
     p.add_argument("--stream-config", action="append", default=None,
                    help="plugin configuration of the streaming benchmark: none or METHOD@RETENTION, either with "
-                        "+slice-cache, or NAME=JSON (a per-request vtprune override); repeatable; default: none, "
-                        "vcast@0.25, none+slice-cache, vcast@0.25+slice-cache")
+                        "+slice-cache, or NAME=JSON (a per-request vtprune override); repeatable; default: "
+                        + ", ".join(STREAM_CONFIGS))
     p.add_argument("--stream-plugin-args", default=None,
                    help="start a separate plugin server with these flags for the streaming benchmark "
                         "(e.g. to turn on the slice cache); default: reuse the serving plugin server")
@@ -139,7 +145,8 @@ def write_outputs(result: dict[str, Any], out: Path, publish: bool) -> None:
     made = []
     if result.get("serving"):
         made += [plots.concurrency_plot(result["serving"], out / "throughput_vs_concurrency.png"),
-                 plots.retention_plot(result["serving"], out / "ttft_vs_retention.png")]
+                 plots.retention_plot(result["serving"], out / "ttft_vs_retention.png"),
+                 plots.stage_plot(result["serving"], out / "stage_breakdown.png")]
     if result.get("streaming"):
         made.append(plots.streaming_plot(result["streaming"], out / "streaming_session.png"))
     result["plots"] = [p.name for p in made if p is not None]
@@ -174,15 +181,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       [parse_config(c) for c in args.extra_config]) if serving else []
     settings = SuiteSettings(model, specs, args.media_dir, args.output_len, args.repeats, args.shared_videos)
     width, height = (int(v) for v in args.stream_size.split("x"))
+    modes = [m for m in args.stream_mode.split(",") if m]
+    if not modes or set(modes) - {"grow", "chunks"}:
+        raise SystemExit(f"--stream-mode: comma-separated grow and/or chunks, got {args.stream_mode!r}")
     stream = StreamSettings(turns=args.stream_turns, seconds_per_turn=args.stream_seconds, fps=args.video_fps,
-                            width=width, height=height, mode=args.stream_mode, sessions=args.stream_sessions,
+                            width=width, height=height, sessions=args.stream_sessions,
                             output_len=args.stream_output_len)
     stream_server = "plugin-stream" if args.stream_plugin_args else PLUGIN
     stream_configs = [parse_config(c, stream_server) for c in args.stream_config or STREAM_CONFIGS]
 
     print(f"preparing clips in {args.media_dir} ...", flush=True)
     clips = prepare_media(settings, plan, ["vanilla", PLUGIN]) if serving else 0
-    max_videos = max(2, args.stream_turns if args.stream_mode == "chunks" else 1)
+    max_videos = max(2, args.stream_turns if "chunks" in modes and streaming else 1)
     common = common_args(builtin, max_videos, args.media_dir, parse_extra(args.server_args))
     specs_by_name = server_specs(common, parse_extra(args.plugin_args))
     if args.stream_plugin_args and streaming:
@@ -207,9 +217,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 spec_dict["prompt_tokens"] = tokens
             result["serving"] = run_suite(servers, settings, plan, progress=not args.no_progress)
         if streaming:
-            result["streaming_settings"] = stream.to_dict()
-            result["streaming"] = run_streaming(servers, model, stream_configs, args.media_dir, stream,
-                                                progress=not args.no_progress)
+            result["streaming_settings"] = {**stream.to_dict(), "mode": modes}
+            result["streaming"] = [row for mode in modes for row in run_streaming(
+                servers, model, stream_configs, args.media_dir, dataclasses.replace(stream, mode=mode),
+                progress=not args.no_progress)]
         if args.vllm_bench_check and serving:
             result["vllm_bench_check"] = cross_check(servers, settings, plan, out / "vllm_bench")
     result["wall_seconds"] = time.monotonic() - started

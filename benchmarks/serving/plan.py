@@ -19,6 +19,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from vllm_vtprune.core.registry import available_methods
+
 VANILLA = "vanilla"
 PLUGIN = "plugin"
 # The serving sweep measures pruning as users get it by default, without the slice cache (the plugin server
@@ -43,7 +45,10 @@ class Config:
         """The per-request override, or None for vanilla."""
         if self.server == VANILLA:
             return None
-        base = {k: v for k, v in (("method", self.method), ("retention", self.retention)) if v is not None}
+        if self.method in available_methods("pre_tower"):  # decided from pixels: the tower runs on the kept groups
+            base = {"method": "none", "pre_tower": {"method": self.method, "retention": self.retention}}
+        else:
+            base = {k: v for k, v in (("method", self.method), ("retention", self.retention)) if v is not None}
         return {**base, **(json.loads(self.extra) if self.extra else {})}
 
     def to_dict(self) -> dict[str, Any]:

@@ -76,24 +76,58 @@ def retention_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
-def streaming_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
-    if not rows:
+STAGE_COLOURS = {"api_server": "tab:purple", "queue": "tab:grey", "tower": "tab:orange", "selection": "tab:red",
+                 "prefill": "tab:blue", "decode": "tab:green"}
+
+
+def stage_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Per-request time by stage (stacked), one panel each at the lowest and highest concurrency."""
+    picked = [r for r in rows if r["sweep"] in ("concurrency", "both")]
+    levels = sorted({r["concurrency"] for r in picked})
+    if not levels:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for r in rows:
-        name = r["config"]["name"]
-        turns = [t["turn"] for t in r["per_turn"]]
-        axes[0].plot(turns, [t["ttft"] for t in r["per_turn"]], label=name, **_style(name))
-        axes[1].plot(turns, [t["computed_tokens"] for t in r["per_turn"]], label=name, **_style(name))
-        if r["config"]["server"] != "vanilla":  # vanilla exports no tower time
-            axes[2].plot(turns, [t["tower_seconds"] for t in r["per_turn"]], label=name, **_style(name))
-    titles = ("TTFT per turn (s)", "Prompt tokens computed per turn", "Vision-tower time per turn (s, plugin)")
-    for ax, title in zip(axes, titles):
-        ax.set_xlabel("turn (video grows every turn)")
-        ax.set_title(title)
-        ax.set_ylim(bottom=0)  # a zero baseline, so small differences are not drawn as large ones
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    panels = list(dict.fromkeys((levels[0], levels[-1])))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.6), squeeze=False)
+    for ax, c in zip(axes[0], panels):
+        at = [r for r in picked if r["concurrency"] == c]
+        names = [r["config"]["name"] for r in at]
+        left = [0.0] * len(at)
+        for stage, colour in STAGE_COLOURS.items():
+            widths = [r["median"].get(f"stage_{stage}_s") or 0.0 for r in at]
+            ax.barh(names, widths, left=left, color=colour, label=stage)
+            left = [a + b for a, b in zip(left, widths)]
+        ax.invert_yaxis()
+        ax.set_xlabel("seconds per request (mean)")
+        ax.set_title(f"Where a request's time goes, concurrency {c}")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def streaming_plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Per turn: TTFT, prompt tokens computed and tower time; one row of panels per client mode."""
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    if not modes:
+        return None
+    fig, axes = plt.subplots(len(modes), 3, figsize=(15, 4.2 * len(modes)), squeeze=False)
+    for ax_row, mode in zip(axes, modes):
+        for r in (r for r in rows if r["mode"] == mode):
+            name = r["config"]["name"]
+            turns = [t["turn"] for t in r["per_turn"]]
+            ax_row[0].plot(turns, [t["ttft"] for t in r["per_turn"]], label=name, **_style(name))
+            ax_row[1].plot(turns, [t["computed_tokens"] for t in r["per_turn"]], label=name, **_style(name))
+            if r["config"]["server"] != "vanilla":  # vanilla exports no tower time
+                ax_row[2].plot(turns, [t["tower_seconds"] for t in r["per_turn"]], label=name, **_style(name))
+        titles = ("TTFT per turn (s)", "Prompt tokens computed per turn", "Vision-tower time per turn (s, plugin)")
+        for ax, title in zip(ax_row, titles):
+            ax.set_xlabel(f"turn ({mode}: the video grows every turn)")
+            ax.set_title(f"{title}, {mode}")
+            ax.set_ylim(bottom=0)  # a zero baseline, so small differences are not drawn as large ones
+            ax.grid(alpha=0.3)
+        ax_row[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .stats import losses
+from .stats import STAGES, losses
 
 
 def fmt(value: float | None, ratio: float | None = None, digits: int = 2, scale: float = 1.0) -> str:
@@ -56,6 +56,24 @@ def concurrency_table(rows: list[dict[str, Any]]) -> str:
     return _table(header, lines)
 
 
+def stages_table(rows: list[dict[str, Any]]) -> str:
+    levels = sorted({r["concurrency"] for r in rows})
+    picked = [r for r in rows if r["concurrency"] in (levels[0], levels[-1]) and r["sweep"] in ("concurrency", "both")]
+    picked.sort(key=lambda r: (r["concurrency"], r["config"]["server"] != "vanilla", r["config"]["name"] != "none"))
+    header = ["config", "c", "API server s", "of it: processor s", "of it: plugin ms", "queue s", "tower s",
+              "selection ms", "prefill s", "decode s", "E2E mean s"]
+    lines = [[r["config"]["name"], str(r["concurrency"]), _cell(r, "stage_api_server_s"),
+              _cell(r, "stage_api_processor_s", ratio=False), _cell(r, "stage_api_plugin_s", 1, 1e3, ratio=False),
+              _cell(r, "stage_queue_s"), _cell(r, "stage_tower_s", 3),
+              _cell(r, "stage_selection_s", 1, 1e3, ratio=False),
+              _cell(r, "stage_prefill_s"), _cell(r, "stage_decode_s"), _cell(r, "e2el_mean")] for r in picked]
+    return ("Seconds per request (means; medians over repeats) at the lowest and highest concurrency. `API server` = "
+            "TTFT - vLLM's queue and prefill time (request, video decoding, the multimodal processor - of which "
+            "`processor` is vLLM's processor call and `plugin` the plugin's share of it -, hand-off); `prefill` "
+            "excludes the plugin's `tower` and `selection` (vanilla's includes its tower). Tower and selection ratios "
+            "are to `none`. Stages: " + ", ".join(STAGES) + ".\n\n" + _table(header, lines))
+
+
 def losses_section(rows: list[dict[str, Any]]) -> str:
     found = losses(rows)
     if not found:
@@ -74,14 +92,30 @@ def losses_section(rows: list[dict[str, Any]]) -> str:
 
 def streaming_table(rows: list[dict[str, Any]]) -> str:
     header = ["config", "prompt tok (sum)", "computed tok (sum)", "tower s (sum)", "TTFT s (sum)",
-              "slice-cache hits", "per-turn TTFT s", "errors"]
+              "slice-cache hits", "computed tok per turn", "tower s per turn", "errors"]
     lines = []
     for r in rows:
-        turns = ", ".join(fmt(t["ttft"]) for t in r["per_turn"])
+        per_turn = r["per_turn"]
         lines.append([r["config"]["name"], _cell(r, "prompt_tokens_total", 0), _cell(r, "computed_tokens_total", 0),
                       _cell(r, "tower_seconds_total"), _cell(r, "ttft_total"),
-                      _cell(r, "slice_cache_hits_total", 0, ratio=False), turns, str(r["median"]["errors"])])
+                      _cell(r, "slice_cache_hits_total", 0, ratio=False),
+                      ", ".join(fmt(t["computed_tokens"], digits=0) for t in per_turn),
+                      ", ".join(fmt(t["tower_seconds"]) for t in per_turn), str(r["median"]["errors"])])
     return _table(header, lines)
+
+
+def streaming_section(result: dict[str, Any]) -> list[str]:
+    st = result["streaming_settings"]
+    modes = list(dict.fromkeys(r["mode"] for r in result["streaming"]))
+    parts = [(f"{st['turns']} turns, a question every {st['seconds_per_turn']:g} s of video ({st['frames_per_turn']} "
+              f"frames, {st['width']}x{st['height']} @ {st['fps']:g} fps, {st['kind']}), {st['output_len']} output "
+              f"tokens, median of {st['sessions']} sessions. `grow`: each turn resends the whole clip so far; "
+              "`chunks`: each turn adds only its new seconds as another video item of the conversation. Computed = "
+              "prompt - prefix-cache hits. Ratios are to vanilla in the same mode; tower ratios to `none` in the same "
+              "mode (vanilla exports no tower time; `none` runs the same stock tower).")]
+    for mode in modes:
+        parts += [f"### Mode `{mode}`", streaming_table([r for r in result["streaming"] if r["mode"] == mode])]
+    return parts
 
 
 def cross_check_section(checks: list[dict[str, Any]]) -> str:
@@ -129,15 +163,10 @@ def markdown(result: dict[str, Any], image_prefix: str = "") -> str:
         rows = result["serving"]
         parts += ["## Retention sweep", retention_table(rows),
                   "## Concurrency sweep", concurrency_table(rows),
+                  "## Where the time goes", stages_table(rows),
                   "## Where the plugin loses", losses_section(rows)]
     if result.get("streaming"):
-        st = result["streaming_settings"]
-        parts += ["## Streaming session",
-                  (f"Mode `{st['mode']}`: {st['turns']} turns, a question every {st['seconds_per_turn']:g} s of video "
-                  f"({st['frames_per_turn']} frames, {st['width']}x{st['height']} @ {st['fps']:g} fps, {st['kind']}), "
-                  f"{st['output_len']} output tokens, median of {st['sessions']} sessions. Computed = prompt - "
-                  "prefix-cache hits. Tower ratios are to `none`, others to vanilla."),
-                  streaming_table(result["streaming"])]
+        parts += ["## Streaming session", *streaming_section(result)]
     if result.get("vllm_bench_check"):
         parts += ["## Cross-check with `vllm bench serve`", cross_check_section(result["vllm_bench_check"])]
     if result.get("plots"):

@@ -40,13 +40,16 @@ def common_args(builtin: bool, max_videos: int, media_dir: Path, extra: list[str
     report prefix-cache hits (streaming scenario); ``--allowed-local-media-path`` lets ``vllm bench serve``
     send the dataset's file paths. ``--mm-processor-cache-gb 0``: every clip is unique, so the processor
     cache never hits; left on, it grows each server's RSS with the number of requests it has seen (the
-    plugin server sees several times more than vanilla), which would make peak RSS meaningless."""
+    plugin server sees several times more than vanilla), which would make peak RSS meaningless.
+    ``--block-size 32`` for the built-in models (this CPU backend's smallest preferred size; its default is 128,
+    GPUs use 16): a prefix-cache hit ends at a block boundary, so with 128-token blocks a chunked streaming
+    turn recomputes up to 127 tokens of history, which would bury what pruning saves per turn."""
     args = ["--max-model-len", "8192" if builtin else "32768",
             "--limit-mm-per-prompt", json.dumps({"video": max_videos, "image": 1}),
             "--enable-prompt-tokens-details", "--allowed-local-media-path", str(media_dir.resolve()),
             "--mm-processor-cache-gb", "0"]
     if builtin:
-        args += ["--dtype", "float32", "--enforce-eager"]
+        args += ["--dtype", "float32", "--enforce-eager", "--block-size", "32"]
     return args + extra
 
 

@@ -18,7 +18,10 @@ from .client import RequestResult
 
 # Reported by the plugin's /metrics only: their ratios use the "none" configuration as reference.
 PLUGIN_ONLY = ("tower_ms_per_request", "selection_ms_per_request", "kept_fraction",
-               "slice_cache_hits", "slice_cache_misses")
+               "slice_cache_hits", "slice_cache_misses", "stage_tower_s", "stage_selection_s",
+               "stage_api_processor_s", "stage_api_plugin_s")
+# The per-request stages of :func:`stages`, in the order a request passes them.
+STAGES = ("api_server", "queue", "tower", "selection", "prefill", "decode")
 # name -> True when lower is better (for "where pruning loses").
 DIRECTION = {"ttft_p50": True, "ttft_p99": True, "tpot_p50": True, "e2el_p50": True,
              "request_throughput": False, "output_throughput": False, "peak_rss_mib": True,
@@ -69,7 +72,34 @@ def summarize_point(results: list[RequestResult], deltas: dict[str, float | None
         "peak_rss_mib": peak_rss / 2**20, "peak_gpu_mib": None if peak_gpu is None else peak_gpu / 2**20,
         "first_error": next((r.error for r in results if not r.ok), None),
         "metric_deltas": deltas,
+        **{f"stage_{k}_s": v for k, v in stages(_mean(ttft), deltas, n).items()},
     }
+
+
+def stages(ttft_mean: float | None, deltas: dict[str, float | None], n: int) -> dict[str, float | None]:
+    """Where a request's time goes, in seconds per request (means over the point's requests):
+
+    - ``api_server``: TTFT (client) minus vLLM's queue and prefill time: receiving the request, decoding the
+      video, the multimodal processor (its ``api_processor`` part, the plugin's share of it ``api_plugin``) and
+      the hand-off to the engine, plus the first token's way back;
+    - ``queue``, ``prefill``, ``decode``: vLLM's ``request_{queue,prefill,decode}_time_seconds``; ``prefill``
+      minus the plugin's ``tower`` and ``selection`` (``vtprune:*`` per request) where the server reports them,
+      so for vanilla ``prefill`` includes its tower.
+
+    Tower and selection run in engine steps shared with other requests, so at high concurrency a request's
+    prefill wall time holds other requests' work too: these are latencies per request, not a division of
+    the engine's busy time."""
+    requests = deltas.get("server_requests")
+    per = {key: _div(deltas.get(f"server_{key}_seconds"), requests) for key in ("queue", "prefill", "decode")}
+    tower, selection = _div(deltas.get("tower_seconds"), n), _div(deltas.get("selection_seconds"), n)
+    api = None if ttft_mean is None or None in (per["queue"], per["prefill"]) else \
+        max(0.0, ttft_mean - per["queue"] - per["prefill"])
+    prefill = per["prefill"]
+    if prefill is not None:
+        prefill = max(0.0, prefill - (tower or 0.0) - (selection or 0.0))
+    return {"api_server": api, "api_processor": _div(deltas.get("api_processor_seconds"), n),
+            "api_plugin": _div(deltas.get("api_plugin_seconds"), n), "queue": per["queue"], "tower": tower,
+            "selection": selection, "prefill": prefill, "decode": per["decode"]}
 
 
 def median_over(repeats: Iterable[dict[str, Any]]) -> dict[str, Any]:

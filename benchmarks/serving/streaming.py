@@ -1,12 +1,16 @@
 """Streaming-session benchmark: a video that grows while a user asks a question every few seconds of it.
 
-Two client patterns (``--stream-mode``):
+Two client patterns (``--stream-mode``, both by default, each against vanilla in the same mode):
 
 - ``grow``: each turn resends the whole video so far (frames 0..N, then 0..N+k) with a new question. vLLM
   hashes the whole clip, so neither its encoder cache nor its prefix cache helps past the first turn; a
   per-slice tower cache (the plugin's slice cache) can, and pruning shrinks every prefill.
 - ``chunks``: each turn appends only the new seconds as their own video item to the conversation, so
-  earlier turns' KV blocks are prefix-cache hits on any server.
+  earlier turns' KV blocks are prefix-cache hits on any server and each turn computes only its own chunk
+  (tower and prefill); the plugin prunes each chunk.
+
+Why ``grow`` cannot reuse prefix KV, not even for methods whose selection of a slice depends only on that slice
+and earlier ones (STC with its memory, EVS, the temporal stages), is written down in ``docs/streaming.md``.
 
 Reported per configuration (medians over sessions): per-turn TTFT, total tower time (``/metrics`` delta),
 slice-cache hits, prompt tokens, and prompt tokens actually computed = ``prompt_tokens -
@@ -33,13 +37,19 @@ from .plan import VANILLA_CONFIG, Config
 from .prom import Snapshot, deltas
 
 QUESTIONS = ("What is happening now?", "What moved since the last question?", "Describe the scene.",
-             "Where are the objects?", "Is anything new in the video?", "Summarize the video so far.")
+             "Where are the objects?", "Is anything new in the video?", "Summarize the video so far.",
+             "What changed?", "Which object is largest?", "Is the camera moving?", "What happens next?")
+
+
+# Clip seeds per mode: a grow session's first clip must not equal a chunks session's first chunk, or the
+# mode that runs second starts with a prefix-cache hit.
+SEED_BASE = {"grow": 1000, "chunks": 3000}
 
 
 @dataclass
 class StreamSettings:
-    turns: int = 6
-    seconds_per_turn: float = 4.0
+    turns: int = 10
+    seconds_per_turn: float = 6.0
     fps: float = 2.0
     width: int = 256
     height: int = 256
@@ -118,7 +128,7 @@ def summarize(config: Config, sessions: list[list[dict[str, Any]]]) -> dict[str,
                 for i in range(len(sessions[0]))]
     median = {key: _median([t[key] for t in totals]) for key in totals[0] if key != "errors"}
     median["errors"] = sum(t["errors"] for t in totals)
-    return {"config": config.to_dict(), "median": median, "per_turn": per_turn,
+    return {"config": config.to_dict(), "mode": None, "median": median, "per_turn": per_turn,
             "sessions": sessions}
 
 
@@ -138,7 +148,7 @@ def run_streaming(servers: dict[str, VllmServer], model: str, configs: list[Conf
                 bar.set_postfix_str(f"session {rep + 1}/{s.sessions} {config.name}")
                 # Own clips per configuration (same kind and geometry): a content-keyed cache on a shared
                 # server must not carry one configuration's tower work into another's.
-                videos = session_videos(media_dir, s, seed=1000 + 100 * rep + configs.index(config))
+                videos = session_videos(media_dir, s, seed=SEED_BASE[s.mode] + 100 * rep + configs.index(config))
                 sessions[config.name].append(asyncio.run(run_session(servers[config.server], model, config, videos, s)))
                 bar.update()
     rows = [summarize(c, sessions[c.name]) for c in configs]
@@ -150,4 +160,5 @@ def run_streaming(servers: dict[str, VllmServer], model: str, configs: list[Conf
             base = (ref["none"] if key.startswith(("tower", "slice")) else ref["vanilla"]) or {}
             b = base.get(key)
             row["ratio"][key] = value / b if isinstance(value, (int, float)) and b else None
+        row["mode"] = s.mode
     return rows

@@ -7,7 +7,7 @@ import pytest
 from benchmarks.serving.client import RequestResult
 from benchmarks.serving.plan import NONE_CONFIG, build_plan, parse_config, requests_per_point
 from benchmarks.serving.prom import Snapshot, deltas
-from benchmarks.serving.stats import add_ratios, losses, median_over, summarize_point
+from benchmarks.serving.stats import add_ratios, losses, median_over, stages, summarize_point
 
 METRICS_BEFORE = """\
 # HELP vtprune:videos_total Videos.
@@ -48,6 +48,9 @@ def test_config_overrides():
     assert parse_config("vcast@0.25").vtprune == {"method": "vcast", "retention": 0.25, "slice_cache": False}
     cached = parse_config("vcast@0.25+slice-cache")
     assert cached.name == "vcast@0.25+slice-cache" and cached.vtprune["slice_cache"] is True
+    pre_tower = parse_config("novelty@0.25")  # decided from pixels: its own stage, the post-tower method `none`
+    assert pre_tower.name == "novelty@0.25" and pre_tower.vtprune == {
+        "method": "none", "pre_tower": {"method": "novelty", "retention": 0.25}, "slice_cache": False}
     custom = parse_config('c={"method": "stc", "retention": 0.3, "cacher": {"r": 0.25}}')
     assert custom.name == "c" and custom.vtprune == {"method": "stc", "retention": 0.3, "cacher": {"r": 0.25}}
 
@@ -87,3 +90,18 @@ def test_summary_ratios_and_losses():
     assert {(x["config"], x["figure"]) for x in lost} == {
         ("evs@0.25", "ttft_p50"), ("evs@0.25", "ttft_p99"), ("evs@0.25", "e2el_p50"),
         ("evs@0.25", "request_throughput"), ("evs@0.25", "output_throughput")}
+
+
+def test_stages_split_a_request():
+    """TTFT = API server + queue + prefill; the plugin's tower and selection come out of prefill."""
+    d = {"server_requests": 4.0, "server_queue_seconds": 2.0, "server_prefill_seconds": 8.0,
+         "server_decode_seconds": 12.0, "tower_seconds": 2.0, "selection_seconds": 0.4,
+         "api_processor_seconds": 0.8, "api_plugin_seconds": 0.2}
+    s = stages(3.5, d, 4)
+    assert s == pytest.approx({"api_server": 3.5 - 0.5 - 2.0, "api_processor": 0.2, "api_plugin": 0.05,
+                               "queue": 0.5, "tower": 0.5, "selection": 0.1, "prefill": 2.0 - 0.5 - 0.1,
+                               "decode": 3.0})
+    vanilla = stages(3.5, {**d, "tower_seconds": None, "selection_seconds": None, "api_processor_seconds": None,
+                           "api_plugin_seconds": None}, 4)
+    assert vanilla["prefill"] == pytest.approx(2.0) and vanilla["tower"] is None  # its prefill holds its tower
+    assert stages(None, d, 4)["api_server"] is None
