@@ -7,7 +7,8 @@
 - :mod:`.client`: streaming OpenAI chat requests, closed-loop at a fixed concurrency.
 - :mod:`.prom`: ``/metrics`` parsing and deltas; :mod:`.memory`: peak RSS of a server's process tree.
 - :mod:`.servers`: server command lines, several servers started side by side.
-- :mod:`.suite`: the serving sweep; :mod:`.streaming`: the growing-video session benchmark.
-- :mod:`.stats`: per-point figures, medians over repeats, ratios to vanilla.
+- :mod:`.suite`: the serving sweep; :mod:`.streaming`: the streaming-session benchmark (`grow` and `chunks`).
+- :mod:`.stats`: per-point figures, where a request's time goes (API server, queue, tower, selection, prefill,
+  decode), medians over repeats, ratios to vanilla.
 - :mod:`.report`, :mod:`.plots`: JSON, markdown and PNG outputs; :mod:`.vllm_bench`: ``vllm bench serve`` files.
 """
