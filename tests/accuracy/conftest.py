@@ -1,7 +1,7 @@
 """One vanilla and one plugin ``vllm serve`` of the committed trained tiny Qwen3-VL, shared by the module's
-tests (and their command lines, for a module that starts one more like them); the plugin's settings are chosen
-per request. ``benchmarks/`` is not an installed package, so the
-repository root goes on ``sys.path`` (as in ``tests/benchmarks``)."""
+tests, and their command lines (for a server started like them); the plugin's settings are chosen per request.
+``benchmarks/`` is not an installed package, so the repository root goes on ``sys.path`` (as in
+``tests/benchmarks``)."""
 
 from __future__ import annotations
 
