@@ -1,6 +1,7 @@
 """One vanilla and one plugin ``vllm serve`` of the committed trained tiny Qwen3-VL, shared by the module's
-tests; the plugin's settings are chosen per request. ``benchmarks/`` is not an installed package, so the
-repository root goes on ``sys.path`` (as in ``tests/benchmarks``)."""
+tests, and their command lines (for a server started like them); the plugin's settings are chosen per request.
+``benchmarks/`` is not an installed package, so the repository root goes on ``sys.path`` (as in
+``tests/benchmarks``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.serving.servers import common_args, server_specs, side_by_side  # noqa: E402
+from benchmarks.serving.servers import ServerSpec, common_args, server_specs, side_by_side  # noqa: E402
 from vllm_vtprune.testing.train_tiny import DEFAULT_OUT as TRAINED_TINY  # noqa: E402
 
 ARTIFACTS = ROOT / ".artifacts"
@@ -38,11 +39,16 @@ def qa_media() -> Path:
     return ARTIFACTS / "accuracy-tests" / "media"
 
 
-@pytest.fixture(scope="module")  # stopped with its module: no idle engines under later tests
-def qa_servers(videoqa_model, qa_media) -> Iterator[dict[str, str]]:
-    """``{"vanilla": url, "plugin": url}``, started side by side as the accuracy harness starts them."""
+@pytest.fixture(scope="session")
+def qa_server_specs(qa_media) -> dict[str, ServerSpec]:
+    """The vanilla and plugin servers' flags and environment, as the accuracy harness starts them."""
     qa_media.mkdir(parents=True, exist_ok=True)
-    specs = server_specs(common_args(True, 1, qa_media, []), ["--plugin", "vtprune", "--vtprune-method", "none",
-                                                                  "--vtprune-request-overrides", "any"])
-    with side_by_side(str(videoqa_model), specs, ARTIFACTS / "accuracy-tests" / "logs") as servers:
+    return server_specs(common_args(True, 1, qa_media, []), ["--plugin", "vtprune", "--vtprune-method", "none",
+                                                             "--vtprune-request-overrides", "any"])
+
+
+@pytest.fixture(scope="module")  # stopped with its module: no idle engines under later tests
+def qa_servers(videoqa_model, qa_server_specs) -> Iterator[dict[str, str]]:
+    """``{"vanilla": url, "plugin": url}``, started side by side."""
+    with side_by_side(str(videoqa_model), qa_server_specs, ARTIFACTS / "accuracy-tests" / "logs") as servers:
         yield {name: server.url for name, server in servers.items()}
