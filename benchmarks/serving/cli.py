@@ -2,7 +2,7 @@
 JSON, markdown and PNGs to ``--out`` and (unless ``--no-publish``) the latest copy to ``benchmarks/results/``
 and ``benchmarks/RESULTS.md``.
 
-The defaults are sized for the 2-core CPU development machine (about 30-40 minutes with the scaled random
+The defaults are sized for the 2-core CPU development machine (about 25 minutes with the scaled random
 Qwen3-VL); widen them with flags, e.g. on a GPU with a real checkpoint:
 ``python -m benchmarks.serving --model Qwen/Qwen3-VL-8B-Instruct --concurrency 1,2,4,8,16,32
 --videos 64x448x448,32x640x360 --server-args "--gpu-memory-utilization 0.9"``.

@@ -118,7 +118,7 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def summarize(config: Config, sessions: list[list[dict[str, Any]]]) -> dict[str, Any]:
+def summarize(config: Config, mode: str, sessions: list[list[dict[str, Any]]]) -> dict[str, Any]:
     totals = [{"ttft_total": _total(t, "ttft"), "tower_seconds_total": _total(t, "tower_seconds"),
                "prompt_tokens_total": _total(t, "prompt_tokens"), "computed_tokens_total": _total(t, "computed_tokens"),
                "slice_cache_hits_total": _total(t, "slice_cache_hits"), "errors": sum(not x["ok"] for x in t)}
@@ -128,7 +128,7 @@ def summarize(config: Config, sessions: list[list[dict[str, Any]]]) -> dict[str,
                 for i in range(len(sessions[0]))]
     median = {key: _median([t[key] for t in totals]) for key in totals[0] if key != "errors"}
     median["errors"] = sum(t["errors"] for t in totals)
-    return {"config": config.to_dict(), "mode": None, "median": median, "per_turn": per_turn,
+    return {"config": config.to_dict(), "mode": mode, "median": median, "per_turn": per_turn,
             "sessions": sessions}
 
 
@@ -151,7 +151,7 @@ def run_streaming(servers: dict[str, VllmServer], model: str, configs: list[Conf
                 videos = session_videos(media_dir, s, seed=SEED_BASE[s.mode] + 100 * rep + configs.index(config))
                 sessions[config.name].append(asyncio.run(run_session(servers[config.server], model, config, videos, s)))
                 bar.update()
-    rows = [summarize(c, sessions[c.name]) for c in configs]
+    rows = [summarize(c, s.mode, sessions[c.name]) for c in configs]
     ref = {"vanilla": rows[0]["median"],
            "none": next((r["median"] for r in rows if r["config"]["name"] == "none"), None)}
     for row in rows:
@@ -160,5 +160,4 @@ def run_streaming(servers: dict[str, VllmServer], model: str, configs: list[Conf
             base = (ref["none"] if key.startswith(("tower", "slice")) else ref["vanilla"]) or {}
             b = base.get(key)
             row["ratio"][key] = value / b if isinstance(value, (int, float)) and b else None
-        row["mode"] = s.mode
     return rows
